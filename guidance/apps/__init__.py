@@ -1,0 +1,1 @@
+"""Hydra entry points: train, train_evaluator, sample, evaluate, tradeoff, main (the one-command study)."""
