@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -32,7 +31,13 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    import torch  # lazy: apps that only write reports should not pay torch's import time
+
     return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    return _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:

@@ -1,0 +1,42 @@
+"""Sweep aggregation: read a sweep's point folders, write tradeoff tables (md/csv/tex), plots and a wandb summary.
+
+`build_report(sweep_dir, out_dir)` is the whole pipeline; guidance-tradeoff is its Hydra front end.
+Outputs in out_dir (each written atomically):
+  tradeoff.md, tradeoff.csv, tradeoff.tex   all table kinds in one file per format (csv: one long table with a
+                                            `table` column; see guidance.report.tables)
+  plots/fid_vs_scale.png, plots/precision_recall.png, plots/is_vs_fid.png, plots/grids.png
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from guidance.io import atomic_write_text
+from guidance.report.collect import METRICS, Point, Sweep, collect_sweep
+from guidance.report.plots import make_plots
+from guidance.report.tables import Table, build_tables, to_csv, to_latex, to_markdown
+from guidance.report.wandb_summary import log_summary
+
+__all__ = ["METRICS", "Point", "Sweep", "Table", "build_report", "build_tables", "collect_sweep", "make_plots",
+           "to_csv", "to_latex", "to_markdown"]
+
+
+def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, logger_cfg=None,
+                 progress: bool = True) -> dict[str, Path]:
+    """Aggregate the sweep below `sweep_dir` into `out_dir` (default <sweep_dir>/report); returns name -> path."""
+    out_dir = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    sweep = collect_sweep(sweep_dir, exclude=[out_dir], progress=progress)
+    tables = build_tables(sweep)
+    csv_text = to_csv(tables)
+    paths = {
+        "md": atomic_write_text(to_markdown(tables), out_dir / "tradeoff.md"),
+        "csv": atomic_write_text(csv_text, out_dir / "tradeoff.csv"),
+        "tex": atomic_write_text(to_latex(tables), out_dir / "tradeoff.tex"),
+    }
+    paths.update(make_plots(sweep, out_dir / "plots"))
+    wandb_dir = log_summary(sweep, csv_text, {k: paths[k] for k in ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")},
+                            logger_cfg, out_dir)
+    if wandb_dir:
+        paths["wandb"] = Path(wandb_dir)
+    return paths

@@ -1,0 +1,275 @@
+"""Read a sweep: one record per point folder (sample_info.json and/or metrics.json), failures kept as rows.
+
+A sweep root is a Hydra multirun folder (runs/sweeps/NAME with one sub-folder per job) or any tree of folders.
+A point is a folder holding sample_info.json or metrics.json, or a Hydra job folder (`.hydra/`) that wrote
+neither (the job failed). Nothing is dropped silently: a point without metrics, with an unreadable file or from
+a failed job becomes a record with missing values and a `status` saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from guidance.errors import GuidanceError
+
+STRATEGIES = ("none", "classifier", "cfg", "cfg_classifier")
+STRATEGY_ORDER = {name: i for i, name in enumerate(STRATEGIES)}  # row/series order in tables and plots
+MODEL_ORDER = {False: 0, True: 1, None: 2}  # ADM Table 4 lists the unconditional model first
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str             # value key in metrics.json
+    std_key: str         # its spread (bootstrap, or IS/KID split std from torch-fidelity)
+    label: str
+    lower_is_better: bool
+    decimals: int
+
+
+# Paper conventions (ADM Table 4, Ho & Salimans Table 1): FID/sFID/KID go down, the rest goes up.
+METRICS: dict[str, Metric] = {
+    "fid": Metric("fid", "fid_std", "FID", True, 2),
+    "sfid": Metric("sfid", "sfid_std", "sFID", True, 2),
+    "is": Metric("is_mean", "is_std", "IS", False, 2),
+    "kid": Metric("kid_mean", "kid_std", "KID", True, 4),
+    "precision": Metric("precision", "precision_std", "Precision", False, 2),
+    "recall": Metric("recall", "recall_std", "Recall", False, 2),
+    "density": Metric("density", "density_std", "Density", False, 2),
+    "coverage": Metric("coverage", "coverage_std", "Coverage", False, 2),
+}
+
+OK = "ok"
+MISSING_METRICS = "missing metrics"
+
+
+@dataclass
+class Point:
+    """One sweep point. Fields are None where the files did not say (status tells why)."""
+
+    name: str                        # folder relative to the sweep root ("." for the root itself)
+    folder: Path
+    status: str = OK
+    strategy: str | None = None
+    scale: float | None = None
+    classifier_scale: float | None = None  # cfg_classifier only: s
+    cfg_scale: float | None = None         # cfg_classifier only, if recorded apart from `scale`: w
+    conditional: bool | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    num_samples: int | None = None
+    seed: int | None = None
+    nfe: float | None = None               # per sample (all steps), as recorded by sampling
+    classifier_forward: float | None = None
+    classifier_backward: float | None = None
+    info: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def value(self, metric: str) -> float | None:
+        return _number(self.metrics.get(METRICS[metric].key))
+
+    def spread(self, metric: str) -> float | None:
+        return _number(self.metrics.get(METRICS[metric].std_key))
+
+    @property
+    def w(self) -> float | None:
+        """CFG scale of a cfg / cfg_classifier point (cfg_classifier's `scale` is w, `classifier_scale` is s)."""
+        if self.strategy == "cfg":
+            return self.scale
+        if self.strategy == "cfg_classifier":
+            return self.cfg_scale if self.cfg_scale is not None else self.scale
+        return None
+
+    @property
+    def grid(self) -> Path | None:
+        path = self.folder / "grid.png"
+        return path if path.is_file() else None
+
+    @property
+    def model(self) -> str:
+        return {True: "conditional", False: "unconditional"}.get(self.conditional, "?")
+
+
+@dataclass
+class Sweep:
+    root: Path
+    points: list[Point]
+    name: str                      # wandb group: sweep_name from multirun.yaml, else the folder name
+    extractor: str | None
+    weights_sha256: str | None
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+def _read_json(path: Path) -> tuple[dict | None, str | None]:
+    """(content, None) or (None, reason) — an unreadable file becomes a status, not a crash."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        return None, f"failed: unreadable {path.name} ({str(e).splitlines()[0][:80]})"
+    if not isinstance(data, dict):
+        return None, f"failed: unreadable {path.name} (not a JSON object)"
+    return data, None
+
+
+def _hydra_overrides(folder: Path) -> dict[str, str]:
+    """key=value overrides of a Hydra job, so a failed job still lands in the right table row."""
+    path = folder / ".hydra" / "overrides.yaml"
+    try:
+        items = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return {}
+    out = {}
+    for item in items:
+        if isinstance(item, str) and "=" in item:
+            key, value = item.split("=", 1)
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def _failure_reason(folder: Path) -> str:
+    """Last error-looking line of the job's own log files (Hydra's <job>.log, launcher .err files)."""
+    for log in sorted(folder.glob("*.log")) + sorted(folder.glob("*.err")):
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if any(w in line for w in ("error", "Error", "Exception", "Traceback")):
+                line = line.strip()
+                return (line[len("error:"):].strip() if line.startswith("error:") else line)[:120]
+    return "job wrote no sample_info.json or metrics.json"
+
+
+def _fill_from_info(p: Point, info: dict) -> None:
+    p.info = info
+    p.strategy = info.get("strategy")
+    p.scale = _number(info.get("scale"))
+    p.classifier_scale = _number(info.get("classifier_scale"))
+    p.cfg_scale = _number(info.get("cfg_scale"))
+    cond = info.get("conditional")
+    p.conditional = cond if isinstance(cond, bool) else None
+    p.sampler = info.get("sampler")
+    p.steps = info.get("steps")
+    p.num_samples = info.get("num_samples")
+    p.seed = info.get("seed")
+    per_sample = ((info.get("cost") or {}).get("per_sample")) or {}
+    p.nfe = _number(per_sample.get("nfe"))
+    p.classifier_forward = _number(per_sample.get("classifier_forward"))
+    p.classifier_backward = _number(per_sample.get("classifier_backward"))
+
+
+def _fill_from_overrides(p: Point, overrides: dict[str, str]) -> None:
+    def num(key):
+        try:
+            return float(overrides[key])
+        except (KeyError, ValueError):
+            return None
+
+    p.strategy = p.strategy or overrides.get("guidance")
+    p.scale = p.scale if p.scale is not None else num("guidance.scale")
+    p.classifier_scale = p.classifier_scale if p.classifier_scale is not None else num("guidance.classifier_scale")
+    p.cfg_scale = p.cfg_scale if p.cfg_scale is not None else num("guidance.cfg_scale")
+    if p.conditional is None:
+        for key, value in overrides.items():
+            if key.endswith("conditional") and value.lower() in ("true", "false"):
+                p.conditional = value.lower() == "true"
+    if p.strategy == "cfg" and p.conditional is None:
+        p.conditional = True  # CFG always runs the conditional model
+
+
+def read_point(folder: Path, root: Path) -> Point:
+    name = str(folder.relative_to(root)) if folder != root else "."
+    p = Point(name=name, folder=folder)
+    info_path, metrics_path = folder / "sample_info.json", folder / "metrics.json"
+    problems = []
+    if info_path.exists():
+        info, err = _read_json(info_path)
+        if err:
+            problems.append(err)
+        else:
+            _fill_from_info(p, info)
+    if metrics_path.exists():
+        metrics, err = _read_json(metrics_path)
+        if err:
+            problems.append(err)
+        else:
+            p.metrics = metrics
+            p.num_samples = p.num_samples or metrics.get("num_samples")
+    _fill_from_overrides(p, _hydra_overrides(folder))
+    if problems:
+        p.status = "; ".join(problems)
+    elif not info_path.exists() and not metrics_path.exists():
+        p.status = f"failed: {_failure_reason(folder)}"
+    elif not metrics_path.exists():
+        p.status = MISSING_METRICS
+    elif not info_path.exists():
+        p.status = "missing sample_info.json"
+    if p.strategy is not None and p.strategy not in STRATEGIES:
+        p.status = f"unknown strategy {p.strategy!r}" if p.status == OK else p.status
+    return p
+
+
+# Folders that never hold points: Hydra/wandb/launcher bookkeeping.
+_SKIP_DIRS = {".hydra", "wandb", ".submitit", "__pycache__", ".git"}
+
+
+def find_point_folders(root: Path, exclude: list[Path] = ()) -> list[Path]:
+    exclude = {Path(e).resolve() for e in exclude}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and (here / d).resolve() not in exclude)
+        has_results = "sample_info.json" in filenames or "metrics.json" in filenames
+        is_hydra_job = (here / ".hydra").is_dir()
+        if has_results or is_hydra_job:
+            found.append(here)
+    return found
+
+
+def _sweep_name(root: Path) -> str:
+    try:
+        name = (yaml.safe_load((root / "multirun.yaml").read_text()) or {}).get("sweep_name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and "${" not in name else root.resolve().name
+
+
+def collect_sweep(sweep_dir: str | os.PathLike, exclude: list[str | os.PathLike] = (), progress: bool = True) -> Sweep:
+    """Read every point below `sweep_dir`. Raises GuidanceError for a missing folder, no points, mixed extractors."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise GuidanceError(f"sweep_dir {str(root)!r} is not a folder: pass sweep_dir=<a sweep output folder, e.g. runs/sweeps/NAME>")
+    folders = find_point_folders(root, [Path(e) for e in exclude])
+    if not folders:
+        raise GuidanceError(f"no sweep points under {str(root)!r} (no sample_info.json, metrics.json or Hydra job folder): "
+                            "run guidance-sample -m (and guidance-evaluate) into it first")
+    points = [read_point(f, root) for f in tqdm(folders, desc="reading sweep", disable=not progress)]
+
+    # Numbers from different feature spaces (extractor or its weights) are not comparable: refuse to mix them.
+    spaces: dict[tuple, list[str]] = {}
+    for p in points:
+        if p.metrics:
+            spaces.setdefault((p.metrics.get("extractor"), p.metrics.get("weights_sha256")), []).append(p.name)
+    if len(spaces) > 1:
+        desc = "; ".join(f"{ex} weights {str(sha)[:8]} in {', '.join(names[:2])}{' ...' if len(names) > 2 else ''}"
+                         for (ex, sha), names in spaces.items())
+        raise GuidanceError(f"sweep mixes feature extractors ({desc}): metrics from different feature spaces cannot share "
+                            "a table; re-evaluate every point with one metrics config or report the sweeps separately")
+    (extractor, sha), = spaces.keys() if spaces else [(None, None)]
+    return Sweep(root=root, points=points, name=_sweep_name(root), extractor=extractor, weights_sha256=sha)
+
+
+def is_finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

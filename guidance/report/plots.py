@@ -1,0 +1,196 @@
+"""Tradeoff plots (matplotlib Agg, PNG): FID vs scale, precision vs recall, IS vs FID frontier, sample grids.
+
+A *series* is one curve of a scale sweep: a strategy on one model (classifier guidance on the conditional and on
+the unconditional model are separate curves, as in ADM Fig. 4 / Table 4; cfg_classifier gets one curve per w with
+the classifier scale s on the x axis). Unguided points (strategy "none") are baselines: a dashed line or a star.
+Points without the plotted metric are left out of that plot; the tables list them with their status.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from guidance.io import atomic_write_bytes  # noqa: E402
+from guidance.report.collect import MODEL_ORDER, STRATEGY_ORDER, Point, Sweep, is_finite  # noqa: E402
+
+PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")
+
+
+def series_key(p: Point) -> str:
+    if p.strategy == "cfg":
+        return "cfg"
+    if p.strategy == "cfg_classifier":
+        return f"cfg+classifier, w={p.w if p.w is not None else float('nan'):g}"
+    return f"{p.strategy or '?'} ({p.model})"
+
+
+def x_of(p: Point) -> float | None:
+    """The swept scale in its paper's unit: s for classifier guidance, w for CFG, s for cfg_classifier curves."""
+    if p.strategy == "cfg_classifier" and p.classifier_scale is not None:
+        return p.classifier_scale
+    return p.scale
+
+
+def group_series(points: list[Point]) -> dict[str, list[Point]]:
+    """Series in table order (none, classifier, cfg, cfg_classifier; unconditional first), points by scale."""
+    series: dict[str, list[Point]] = {}
+    for p in points:
+        series.setdefault(series_key(p), []).append(p)
+    for pts in series.values():
+        pts.sort(key=lambda p: (x_of(p) is None, x_of(p) or 0.0))
+    order = lambda item: (STRATEGY_ORDER.get(item[1][0].strategy, 9), MODEL_ORDER[item[1][0].conditional], item[0])
+    return dict(sorted(series.items(), key=order))
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(buf.getvalue(), path)
+
+
+def _empty(ax, text):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def _with(points, *metrics):
+    return [p for p in points if all(is_finite(p.value(m)) for m in metrics)]
+
+
+def plot_fid_vs_scale(sweep: Sweep, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for key, pts in group_series(sweep.points).items():
+        pts = [p for p in _with(pts, "fid") if x_of(p) is not None]
+        if not pts:
+            continue
+        y = [p.value("fid") for p in pts]
+        err = [p.spread("fid") or 0.0 for p in pts]
+        if pts[0].strategy == "none":  # unguided baseline: one number, drawn across the axis
+            ax.axhline(y[0], ls="--", lw=1, color="gray" if pts[0].conditional else "black", label=f"{key}: {y[0]:.2f}")
+        else:
+            ax.errorbar([x_of(p) for p in pts], y, yerr=err, marker="o", capsize=3, label=key)
+        drawn = True
+    if not drawn:
+        _empty(ax, "no points with FID")
+    ax.set_xlabel("guidance scale (s for classifier, w for CFG)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(f"FID vs guidance scale — {sweep.name}")
+    if drawn:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_precision_recall(sweep: Sweep, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    drawn = False
+    for key, pts in group_series(sweep.points).items():
+        pts = _with(pts, "precision", "recall")
+        if not pts:
+            continue
+        r, pr = [p.value("recall") for p in pts], [p.value("precision") for p in pts]
+        style = dict(marker="*", ms=12, ls="none") if pts[0].strategy == "none" else dict(marker="o")
+        ax.plot(r, pr, label=key, **style)
+        for p in pts:  # the scale at each point: the curve's direction is the whole story
+            ax.annotate(f"{x_of(p):g}" if x_of(p) is not None else "?", (p.value("recall"), p.value("precision")),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+        drawn = True
+    if not drawn:
+        _empty(ax, "no points with precision and recall")
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("recall (diversity)")
+    ax.set_ylabel("precision (fidelity)")
+    ax.set_title(f"Precision vs recall, scale annotated — {sweep.name}")
+    return _save(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(fid, is) pairs not dominated by another (lower FID and higher IS), sorted by FID."""
+    front, best_is = [], -np.inf
+    for fid, is_ in sorted(points, key=lambda q: (q[0], -q[1])):
+        if is_ > best_is:
+            front.append((fid, is_))
+            best_is = is_
+    return front
+
+
+def plot_is_vs_fid(sweep: Sweep, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    everything = []
+    for key, pts in group_series(sweep.points).items():
+        pts = _with(pts, "fid", "is")
+        if not pts:
+            continue
+        f, i = [p.value("fid") for p in pts], [p.value("is") for p in pts]
+        style = dict(marker="*", ms=12, ls="none") if pts[0].strategy == "none" else dict(marker="o")
+        ax.errorbar(f, i, xerr=[p.spread("fid") or 0 for p in pts], yerr=[p.spread("is") or 0 for p in pts],
+                    label=key, capsize=2, **style)
+        everything += list(zip(f, i))
+    if everything:
+        front = pareto_front(everything)
+        ax.plot(*zip(*front), color="black", lw=2, alpha=0.3, drawstyle="steps-post", label="frontier")
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no points with FID and IS")
+    ax.set_xlabel("FID (lower is better)")
+    ax.set_ylabel("IS (higher is better)")
+    ax.set_title(f"IS vs FID — {sweep.name}")
+    return _save(fig, path)
+
+
+def plot_grids(sweep: Sweep, path: Path) -> Path:
+    """Rows = series, columns = scale; each cell the point's grid.png (same per-image seeds across a row)."""
+    series = group_series([p for p in sweep.points if p.grid is not None])
+    xs = sorted({x_of(p) for pts in series.values() for p in pts if x_of(p) is not None})
+    if not series or not xs:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.axis("off")
+        _empty(ax, "no grid.png in the sweep")
+        return _save(fig, path)
+    nr, nc = len(series), len(xs)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.2 * nc + 1, 2.2 * nr + 0.6), squeeze=False)
+    with Image.open(next(iter(series.values()))[0].grid) as im:
+        aspect = im.height / im.width  # empty cells get the same box, so columns stay aligned
+    seeds = set()
+    for r, (key, pts) in enumerate(series.items()):
+        by_x = {x_of(p): p for p in pts}
+        for c, x in enumerate(xs):
+            ax = axes[r, c]
+            ax.set_box_aspect(aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if r == 0:
+                ax.set_title(f"scale {x:g}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(key, fontsize=8)
+            p = by_x.get(x)
+            if p is None:
+                continue
+            with Image.open(p.grid) as im:
+                ax.imshow(np.asarray(im.convert("RGB")))
+            seeds.add(p.seed)
+    # Paired comparison only holds with one seed (sampling draws image i's noise from (seed, i)); say so if not.
+    seed_text = f"seed {seeds.pop()}" if len(seeds) == 1 else f"WARNING: different seeds {sorted(map(str, seeds))}"
+    fig.suptitle(f"Samples across guidance scales — {sweep.name} ({seed_text})", fontsize=10)
+    return _save(fig, path)
+
+
+def make_plots(sweep: Sweep, out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {
+        "fid_vs_scale": plot_fid_vs_scale(sweep, out_dir / "fid_vs_scale.png"),
+        "precision_recall": plot_precision_recall(sweep, out_dir / "precision_recall.png"),
+        "is_vs_fid": plot_is_vs_fid(sweep, out_dir / "is_vs_fid.png"),
+        "grids": plot_grids(sweep, out_dir / "grids.png"),
+    }

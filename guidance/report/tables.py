@@ -1,0 +1,253 @@
+"""Tradeoff tables in the papers' layouts, written as Markdown, CSV and LaTeX (booktabs).
+
+Table kinds (each emitted only when the sweep has points of it):
+  classifier      ADM Table 4 (Dhariwal & Nichol 2021): rows model (unconditional, conditional) x guidance
+                  (none, classifier) x scale s; FID, sFID, IS, Precision, Recall, NFE and classifier passes per sample.
+  cfg             Ho & Salimans 2022 Table 1: one row per w; FID, sFID, IS, Precision, Recall, NFE per sample.
+  cfg_classifier  CFG + classifier guidance: one row per (w, s).
+Points whose strategy is unknown (failed before writing anything Hydra could tell) go at the end of the first table.
+
+Best per column: bold (md/tex) or `<metric>_best == "best"` (csv). Not called when the runner-up lies within the
+spread: the intervals best ± std and runner-up ± std overlap (missing std counts as 0, so exact ties are not
+called either).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+from guidance.report.collect import METRICS, MODEL_ORDER, OK, STRATEGY_ORDER, Point, Sweep, is_finite
+
+DASH = "–"  # missing value
+PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; csv carries all METRICS
+
+KINDS = {
+    "classifier": dict(title="Classifier guidance (ADM Table 4 layout)", strategies=("none", "classifier")),
+    "cfg": dict(title="Classifier-free guidance (Ho & Salimans 2022 layout)", strategies=("cfg",)),
+    "cfg_classifier": dict(title="Classifier-free + classifier guidance", strategies=("cfg_classifier",)),
+}
+
+
+@dataclass
+class Table:
+    kind: str
+    title: str
+    rows: list[Point]
+    caption: str
+    best: dict[str, int] = field(default_factory=dict)       # metric -> row index of the called best
+    not_called: dict[str, str] = field(default_factory=dict)  # metric -> why no best was marked
+
+
+def _num_or_inf(x):
+    return x if x is not None else float("inf")
+
+
+def _sort_key(p: Point):
+    return (MODEL_ORDER[p.conditional], STRATEGY_ORDER.get(p.strategy, 9), _num_or_inf(p.w),
+            _num_or_inf(p.classifier_scale), _num_or_inf(p.scale), p.name)
+
+
+def fmt(x: float | None, decimals: int) -> str:
+    return DASH if x is None else f"{x:.{decimals}f}"
+
+
+def pick_best(rows: list[Point], metric: str) -> tuple[int | None, str | None]:
+    """(index of the best row, None), or (None, reason) when the runner-up is within the spread."""
+    m = METRICS[metric]
+    cands = [(p.value(metric), p.spread(metric) or 0.0, i) for i, p in enumerate(rows) if is_finite(p.value(metric))]
+    if len(cands) < 2:
+        return None, None  # nothing to compare against
+    cands.sort(key=lambda c: c[0] if m.lower_is_better else -c[0])
+    (v1, s1, i1), (v2, s2, _) = cands[0], cands[1]
+    if abs(v1 - v2) <= s1 + s2:  # best ± s1 and runner-up ± s2 overlap
+        d = m.decimals
+        return None, f"{m.label}: {v1:.{d}f} ± {s1:.{d}f} vs {v2:.{d}f} ± {s2:.{d}f}"
+    return i1, None
+
+
+def _caption(sweep: Sweep, rows: list[Point]) -> str:
+    parts = []
+    if sweep.extractor:
+        sha = f", weights {sweep.weights_sha256[:8]}" if sweep.weights_sha256 else ""
+        parts.append(f"Features: {sweep.extractor}{sha}")
+    else:
+        parts.append("Features: none recorded (no metrics.json)")
+    counts = sorted({p.num_samples for p in rows if p.num_samples is not None})
+    refs = sorted({p.metrics["num_reference"] for p in rows if "num_reference" in p.metrics})
+    if counts:
+        parts.append(f"{'/'.join(map(str, counts))} samples per point" + (f" vs {'/'.join(map(str, refs))} reference" if refs else ""))
+    samplers = sorted({f"{p.sampler}, {p.steps} steps" for p in rows if p.sampler})
+    if samplers:
+        parts.append("sampler " + "; ".join(samplers))
+    return ". ".join(parts) + "."
+
+
+def build_tables(sweep: Sweep) -> list[Table]:
+    tables = []
+    unknown = sorted((p for p in sweep.points if p.strategy not in STRATEGY_ORDER), key=_sort_key)
+    for kind, spec in KINDS.items():
+        rows = sorted((p for p in sweep.points if p.strategy in spec["strategies"]), key=_sort_key)
+        if not rows:
+            continue
+        tables.append(Table(kind, spec["title"], rows, ""))
+    if unknown:  # never drop a point: failed jobs that said nothing go under the first table
+        if not tables:
+            tables.append(Table("classifier", KINDS["classifier"]["title"], [], ""))
+        tables[0].rows.extend(unknown)
+    for t in tables:
+        t.caption = _caption(sweep, t.rows)
+        for metric in METRICS:
+            idx, why = pick_best(t.rows, metric)
+            if idx is not None:
+                t.best[metric] = idx
+            elif why:
+                t.not_called[metric] = why
+    return tables
+
+
+# ---- cells shared by md and tex ----
+
+def _scale_cells(t: Table, p: Point) -> list[str]:
+    g = lambda x: DASH if x is None else f"{x:g}"
+    if t.kind == "cfg":
+        return [g(p.scale)]
+    if t.kind == "cfg_classifier":
+        return [g(p.w), g(p.classifier_scale)]
+    return [p.model, p.strategy or "?", g(p.scale)]
+
+
+def _key_headers(t: Table) -> list[str]:
+    return {"cfg": ["w"], "cfg_classifier": ["w", "s"]}.get(t.kind, ["Model", "Guidance", "Scale s"])
+
+
+def _cost_cells(t: Table, p: Point) -> list[str]:
+    g = lambda x: DASH if x is None else f"{x:g}"
+    cells = [g(p.nfe)]
+    if t.kind != "cfg":
+        cells.append(DASH if p.classifier_forward is None and p.classifier_backward is None
+                     else f"{g(p.classifier_forward)}/{g(p.classifier_backward)}")
+    return cells
+
+
+def _cost_headers(t: Table) -> list[str]:
+    return ["NFE/sample"] + ([] if t.kind == "cfg" else ["Classifier fwd/bwd per sample"])
+
+
+def _metric_cell(p: Point, metric: str, pm: str, bold) -> str:
+    m = METRICS[metric]
+    v, s = p.value(metric), p.spread(metric)
+    if v is None:
+        return DASH
+    text = fmt(v, m.decimals) + (f" {pm} {fmt(s, m.decimals)}" if s is not None else "")
+    return text if bold is None else bold(text)
+
+
+def _has_status(t: Table) -> bool:
+    return any(p.status != OK for p in t.rows)
+
+
+def _grid(t: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
+    arrow = {True: "↓", False: "↑"}
+    headers = _key_headers(t) + [f"{METRICS[m].label} {arrow[METRICS[m].lower_is_better]}" for m in PAPER_METRICS]
+    headers += _cost_headers(t) + (["Status"] if _has_status(t) else [])
+    body = []
+    for i, p in enumerate(t.rows):
+        cells = _scale_cells(t, p)
+        cells += [_metric_cell(p, m, pm, bold if t.best.get(m) == i else None) for m in PAPER_METRICS]
+        cells += _cost_cells(t, p) + ([p.status if p.status != OK else ""] if _has_status(t) else [])
+        body.append(cells)
+    return headers, body
+
+
+def _notes(t: Table) -> list[str]:
+    notes = ["Lower is better for FID/sFID/KID, higher for IS/precision/recall; bold marks the best value per column."]
+    uncalled = [why for m, why in t.not_called.items() if m in PAPER_METRICS]
+    if uncalled:
+        notes.append("Differences within ± are not called (runner-up within the spread, no bold): " + "; ".join(uncalled) + ".")
+    if _has_status(t):
+        notes.append(f"{DASH}: value missing, see Status.")
+    return notes
+
+
+def to_markdown(tables: list[Table]) -> str:
+    out = []
+    for n, t in enumerate(tables, 1):
+        headers, body = _grid(t, "±", lambda s: f"**{s}**")
+        nkey = len(_key_headers(t))
+        out.append(f"### Table {n}: {t.title}\n")
+        out.append(f"{t.caption}\n")
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join(":---" if j < nkey or h == "Status" else "---:" for j, h in enumerate(headers)) + "|")
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        out.append("")
+        out += [f"{note}  " for note in _notes(t)]
+        out.append("")
+    return "\n".join(out)
+
+
+_TEX_ESCAPE = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+               DASH: "--", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "±": r"$\pm$"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX_ESCAPE.get(c, c) for c in s)
+
+
+def to_latex(tables: list[Table]) -> str:
+    out = ["% Tradeoff tables; needs \\usepackage{booktabs}. Written by guidance-tradeoff."]
+    for t in tables:
+        # Escape before bolding so \textbf survives; the ± marker is escaped by tex_escape too.
+        headers, body = _grid(t, "±", lambda s: "\x00" + s + "\x01")
+        nkey = len(_key_headers(t))
+        align = "".join("l" if j < nkey or h == "Status" else "r" for j, h in enumerate(headers))
+        out += ["\\begin{table}[t]", "\\centering",
+                f"\\caption{{{tex_escape(t.title)}. {tex_escape(t.caption)}}}",
+                f"\\label{{tab:tradeoff-{t.kind.replace('_', '-')}}}",
+                f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+                " & ".join(tex_escape(h) for h in headers) + " \\\\", "\\midrule"]
+        prev_model = None
+        for p, row in zip(t.rows, body):
+            if t.kind == "classifier" and prev_model is not None and p.conditional != prev_model:
+                out.append("\\midrule")  # ADM Table 4 separates the unconditional and conditional blocks
+            prev_model = p.conditional
+            cells = [tex_escape(c).replace("\x00", "\\textbf{").replace("\x01", "}") for c in row]
+            out.append(" & ".join(cells) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}"]
+        out += ["\\par\\smallskip\\footnotesize " + tex_escape(note) for note in _notes(t)]
+        out += ["\\end{table}", ""]
+    return "\n".join(out)
+
+
+def csv_columns() -> list[str]:
+    cols = ["table", "model", "strategy", "scale", "classifier_scale", "cfg_scale"]
+    for m in METRICS:
+        cols += [m, f"{m}_std", f"{m}_best"]
+    return cols + ["nfe_per_sample", "classifier_forward_per_sample", "classifier_backward_per_sample",
+                   "num_samples", "seed", "sampler", "steps", "extractor", "weights_sha256", "status", "folder"]
+
+
+def to_csv(tables: list[Table]) -> str:
+    """One long CSV over all tables (a `table` column tells which); missing numbers are empty cells.
+
+    `scale` is the point's own scale; `cfg_scale` is w for cfg and cfg_classifier rows, `classifier_scale` s.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
+    w.writeheader()
+    e = lambda x: "" if x is None else x
+    for t in tables:
+        for i, p in enumerate(t.rows):
+            row = dict(table=t.kind, model=p.model, strategy=e(p.strategy), scale=e(p.scale),
+                       classifier_scale=e(p.classifier_scale), cfg_scale=e(p.w),
+                       nfe_per_sample=e(p.nfe), classifier_forward_per_sample=e(p.classifier_forward),
+                       classifier_backward_per_sample=e(p.classifier_backward), num_samples=e(p.num_samples),
+                       seed=e(p.seed), sampler=e(p.sampler), steps=e(p.steps), extractor=e(p.metrics.get("extractor")),
+                       weights_sha256=e(p.metrics.get("weights_sha256")), status=p.status, folder=p.name)
+            for m in METRICS:
+                row[m], row[f"{m}_std"] = e(p.value(m)), e(p.spread(m))
+                row[f"{m}_best"] = "best" if t.best.get(m) == i else ""
+            w.writerow(row)
+    return buf.getvalue()
