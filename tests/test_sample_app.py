@@ -1,0 +1,155 @@
+"""guidance-sample end to end on tiny random snapshots: a 2 x 2 sweep as a subprocess, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from guidance.apps.common import CONF_DIR
+from guidance.errors import GuidanceError
+from guidance.nn import EncoderClassifier, UNet
+from guidance.training.checkpoint import save_snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE, CH, K = 8, 1, 3
+DIFFUSION = {"_target_": "guidance.diffusion.create_diffusion", "steps": 40, "noise_schedule": "linear",
+             "model_var_type": "learned_range", "loss_type": "hybrid", "timestep_respacing": ""}
+
+
+def unet_config(num_classes=K):
+    return {"_target_": "guidance.nn.UNet", "image_size": SIZE, "in_channels": CH, "model_channels": 8,
+            "out_channels": CH, "num_res_blocks": 1, "attention_resolutions": [], "dropout": 0.0,
+            "channel_mult": [1, 2], "num_classes": num_classes, "num_heads": 1, "num_head_channels": -1,
+            "use_scale_shift_norm": True, "resblock_updown": False, "learn_sigma": True}
+
+
+def classifier_config(num_classes=K, image_size=SIZE):
+    return {"_target_": "guidance.nn.EncoderClassifier", "image_size": image_size, "in_channels": CH,
+            "model_channels": 8, "num_classes": num_classes, "num_res_blocks": 1, "attention_resolutions": [],
+            "channel_mult": [1, 2], "pool": "adaptive"}
+
+
+def save(path, role, cfg, step=7):
+    torch.manual_seed(0)
+    cls = UNet if role == "unet" else EncoderClassifier
+    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    save_snapshot(path, role, cls(**kwargs), cfg, step=step, diffusion_config=DIFFUSION if role == "unet" else None)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return {"unet": save(d / "unet.pt", "unet", unet_config()),
+            "classifier": save(d / "classifier.pt", "classifier", classifier_config()),
+            "bad_classifier": save(d / "bad.pt", "classifier", classifier_config(num_classes=5))}
+
+
+def cli(*args, cwd):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "guidance.apps.sample", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def common(ckpts, tmp_path):
+    return [f"unet_ckpt={ckpts['unet']}", f"classifier_ckpt={ckpts['classifier']}", "logger=none",
+            "num_samples=8", "batch_size=5", "sampler=ddim", "sampler.respacing=ddim3", f"hydra.run.dir={tmp_path}/run"]
+
+
+def test_sweep_two_strategies_two_scales(ckpts, tmp_path):
+    r = cli("-m", "guidance=classifier,cfg", "guidance.scale=0,2", "sweep_name=t", f"hydra.sweep.dir={tmp_path}/sw",
+            *common(ckpts, tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p.parent for p in (tmp_path / "sw").glob("*/sample_info.json"))
+    # one folder per point, named by override_dirname (checkpoint paths and logger excluded)
+    assert [j.name.split(",")[:2] for j in jobs] == [["guidance.scale=0", "guidance=cfg"],
+                                                     ["guidance.scale=0", "guidance=classifier"],
+                                                     ["guidance.scale=2", "guidance=cfg"],
+                                                     ["guidance.scale=2", "guidance=classifier"]]
+    assert not any("ckpt" in j.name or "logger" in j.name for j in jobs)
+    labels = None
+    for job in jobs:
+        with np.load(job / "samples.npz") as f:
+            x, y = f["arr_0"], f["arr_1"]
+        assert x.dtype == np.uint8 and x.shape == (8, SIZE, SIZE, CH)
+        assert y.dtype == np.int64 and y.shape == (8,) and y.min() >= 0 and y.max() < K
+        labels = y if labels is None else labels
+        assert np.array_equal(y, labels)  # per-image seeds: same labels at every sweep point
+        assert (job / "grid.png").stat().st_size > 0
+        info = json.loads((job / "sample_info.json").read_text())
+        assert info["strategy"] in ("cfg", "classifier") and info["steps"] == 3 and info["num_samples"] == 8
+        assert info["unet_step"] == 7 and info["sampler"] == "ddim" and info["eta"] == 0.0
+        nfe = 2 if (info["strategy"] == "cfg" and info["scale"] > 0) else 1
+        assert info["cost_per_step"]["nfe"] == nfe and info["cost_per_sample"]["nfe"] == 3 * nfe
+        cls_passes = int(info["strategy"] == "classifier" and info["scale"] > 0)
+        assert info["cost_per_sample"]["classifier_backward"] == 3 * cls_passes
+    # Paired comparison: scale 0 of classifier guidance and w = 0 of CFG are the same unguided samples.
+    a = np.load(jobs[0] / "samples.npz")["arr_0"]
+    b = np.load(jobs[1] / "samples.npz")["arr_0"]
+    assert np.array_equal(a, b)
+
+
+def compose_cfg(ckpts, *overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("sample", overrides=[f"unet_ckpt={ckpts['unet']}", f"classifier_ckpt={ckpts['classifier']}",
+                                            "logger=none", "num_samples=6", "batch_size=4", "sampler.respacing=2",
+                                            *overrides])
+
+
+def test_run_sample_in_process_and_resume(ckpts, tmp_path, capsys):
+    from guidance.apps.sample import run_sample
+
+    cfg = compose_cfg(ckpts, "guidance=cfg_classifier", "guidance.scale=1", "guidance.classifier_scale=2", "labels=balanced")
+    npz = run_sample(cfg, tmp_path)
+    assert npz == tmp_path / "samples.npz"
+    info = json.loads((tmp_path / "sample_info.json").read_text())
+    assert info["classifier_scale"] == 2 and info["cost_per_step"] == {"nfe": 2, "classifier_forward": 1,
+                                                                       "classifier_backward": 1}
+    assert np.array_equal(np.load(npz)["arr_1"], np.arange(6) % K)
+    mtime = npz.stat().st_mtime_ns
+    run_sample(compose_cfg(ckpts, "guidance=cfg_classifier", "guidance.scale=1", "guidance.classifier_scale=2",
+                           "labels=balanced", "batch_size=6"), tmp_path)
+    assert npz.stat().st_mtime_ns == mtime and "skipping" in capsys.readouterr().out
+    run_sample(compose_cfg(ckpts, "guidance=cfg_classifier", "guidance.scale=2", "labels=balanced"), tmp_path)
+    assert npz.stat().st_mtime_ns != mtime  # a different point is recomputed
+
+
+def test_experiment_presets_compose(ckpts):
+    for name in ("adm_table4", "cfg_table", "guidance_compare"):
+        cfg = compose_cfg(ckpts, f"experiment={name}")
+        assert cfg.sweep_name == name
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["guidance=classifier", "classifier_ckpt=null"], "needs a noise-aware classifier"),
+    (["guidance=classifier", "classifier_ckpt=/nonexistent/classifier.pt"], "/nonexistent/classifier.pt"),
+    (["guidance=cfg", "guidance.scale=nan"], "not finite"),
+    (["guidance=classifier", "guidance.scale=-1"], ">= 0"),
+])
+def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):
+    from guidance.apps.sample import run_sample
+
+    with pytest.raises(GuidanceError, match=needle.replace(".", r"\.")):
+        run_sample(compose_cfg(ckpts, *overrides), tmp_path)
+
+
+@pytest.mark.parametrize("overrides,needle,code", [
+    (["guidance=nope"], "guidance/nope", 1),
+    (["guidance=classifier", "classifier_ckpt=null"], "needs a noise-aware classifier", 2),
+    (["guidance=cfg", "guidance.scale=nan"], "not finite", 2),
+    (["guidance=classifier", "classifier_ckpt=BAD"], "num_classes=3", 2),
+    (["guidance=cfg", "guidance.scale=-1"], ">= 0", 2),
+])
+def test_bad_input_cli_one_line(ckpts, tmp_path, overrides, needle, code):
+    overrides = [o.replace("BAD", ckpts["bad_classifier"]) for o in overrides]
+    r = cli(*common(ckpts, tmp_path), *overrides, cwd=tmp_path)
+    assert r.returncode == code, r.stderr[-2000:]
+    assert needle in r.stderr
+    if code == 2:  # our GuidanceError: exactly one line, no traceback
+        assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr
