@@ -1,0 +1,173 @@
+"""Snapshots (what sampling reads) and the resumable training state, kept apart as in edm2.
+
+A snapshot is one network, rebuilt by instantiating its `model_config` (`_target_` + constructor fields):
+
+    {format: "guidance-snapshot-v1", role, model_config, state_dict (EMA weights), raw_state_dict (non-EMA),
+     step, diffusion_config, data_config, extra}
+
+The training state (`checkpoints/state.pt`) holds everything to continue a run: models, EMAs, optimizers,
+step, RNG states and the resolved config. Every file is written atomically (guidance.io).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from guidance.errors import GuidanceError
+from guidance.io import atomic_torch_save
+
+SNAPSHOT_FORMAT = "guidance-snapshot-v1"
+STATE_FORMAT = "guidance-train-state-v1"
+ROLES = ("unet", "classifier", "evaluator")
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig / ListConfig -> plain dicts and lists (resolved), so files load with weights_only=True."""
+    if cfg is None:
+        return None
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(cfg, Mapping):
+        return {k: _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def config_diff(a: Mapping | None, b: Mapping | None, prefix: str = "") -> list[str]:
+    """Differences between two nested configs, as ["model_channels: 64 -> 32", ...] (a -> b)."""
+    a, b = _plain(a) or {}, _plain(b) or {}
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k, "<unset>"), b.get(k, "<unset>")
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va} -> {vb}")
+    return out
+
+
+def _read(path: str | os.PathLike, what: str, hint: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GuidanceError(f"no {what} at {path}; {hint}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, non-torch files
+        raise GuidanceError(f"{path} is not a readable {what} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                            f"{hint}") from e
+    if not isinstance(obj, dict):
+        raise GuidanceError(f"{path} is not a {what} (it holds a {type(obj).__name__}); {hint}")
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def save_snapshot(path: str | os.PathLike, role: str, model: nn.Module, model_config: Mapping, step: int,
+                  diffusion_config: Mapping | None = None, data_config: Mapping | None = None,
+                  extra: Mapping | None = None, raw_state_dict: Mapping | None = None) -> Path:
+    """Write `model`'s weights (the EMA ones, when the caller trains with EMA) as a snapshot.
+
+    `raw_state_dict` is the non-EMA weights; None means `model` itself is not averaged (both are the same).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    model_config = _plain(model_config)
+    if not isinstance(model_config, dict) or "_target_" not in model_config:
+        raise ValueError("model_config must be a mapping with _target_ so the loader can rebuild the network")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    raw = state if raw_state_dict is None else {k: v.detach().cpu() for k, v in raw_state_dict.items()}
+    return atomic_torch_save({
+        "format": SNAPSHOT_FORMAT,
+        "role": role,
+        "model_config": model_config,
+        "state_dict": state,
+        "raw_state_dict": raw,
+        "step": int(step),
+        "diffusion_config": _plain(diffusion_config),
+        "data_config": _plain(data_config),
+        "extra": _plain(extra) or {},
+    }, path)
+
+
+def load_snapshot(path: str | os.PathLike, role: str | None = None, map_location: str | torch.device = "cpu",
+                  use_ema: bool = True, model_config: Mapping | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the network of a snapshot and load its weights -> (model in eval mode, meta).
+
+    meta holds every field but the state dicts, plus `path`. `model_config` (optional) builds the network from
+    that config instead of the stored one, e.g. to check a snapshot against the current run's config.
+    """
+    from hydra.utils import instantiate
+
+    what = f"{role or 'model'} snapshot"
+    hint = f"train first with guidance-train or set {role or 'unet'}_ckpt=<path to {role or 'unet'}.pt>"
+    snap = _read(path, what, hint)
+    if snap.get("format") == STATE_FORMAT:
+        raise GuidanceError(f"{path} is a resumable training state, not a snapshot; point to the unet.pt / "
+                            "classifier.pt next to its checkpoints/ folder")
+    if snap.get("format") != SNAPSHOT_FORMAT:
+        raise GuidanceError(f"{path} is not a guidance snapshot (format {snap.get('format')!r}, expected "
+                            f"{SNAPSHOT_FORMAT!r}); {hint}")
+    if role is not None and snap["role"] != role:
+        raise GuidanceError(f"{path} is a {snap['role']!r} snapshot but a {role!r} one is needed; "
+                            f"set {role}_ckpt=<path to {role}.pt>")
+    stored_cfg = snap["model_config"]
+    cfg = stored_cfg if model_config is None else _plain(model_config)
+    try:
+        model = instantiate(cfg, _convert_="all")
+    except Exception as e:
+        raise GuidanceError(f"{path}: cannot rebuild the network from its model_config "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
+    state = snap["state_dict"] if use_ema else snap["raw_state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        diff = config_diff(stored_cfg, cfg)
+        # torch's message: a header line, then one tab-indented line per problem; the first problem is enough
+        problems = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+        why = (f"config differs, file -> given: {'; '.join(diff)}" if diff
+               else (problems[0] if problems else str(e).splitlines()[0])[:240])
+        raise GuidanceError(f"{path}: weights do not fit the {snap['role']} architecture ({why}); "
+                            "use the config the snapshot was trained with") from e
+    model.to(map_location).eval()
+    meta = {k: v for k, v in snap.items() if k not in ("state_dict", "raw_state_dict")}
+    meta["path"] = str(path)
+    return model, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resumable training state
+
+
+def save_training_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write the training state dict (models, EMAs, optimizers, step, rng, config, arch) atomically."""
+    return atomic_torch_save({"format": STATE_FORMAT, **state}, path)
+
+
+def load_training_state(path: str | os.PathLike, arch: Mapping[str, Any] | None = None) -> dict:
+    """Read a training state; the entries of `arch` ({"unet": cfg, "classifier": cfg, "diffusion": cfg}) that
+    the file also has must equal the stored ones."""
+    state = _read(path, "training state", "delete it or choose another run folder (out_dir=... or name=...)")
+    if state.get("format") != STATE_FORMAT:
+        raise GuidanceError(f"{path} is not a guidance training state (format {state.get('format')!r}); delete it "
+                            "or choose another run folder (out_dir=... or name=...)")
+    if arch is not None:
+        # Only networks present in both are compared: a run may add or drop one (train_unet / train_classifier).
+        stored = state.get("arch") or {}
+        diff = config_diff({k: v for k, v in stored.items() if k in arch}, {k: v for k, v in arch.items() if k in stored})
+        if diff:
+            raise GuidanceError(f"{path} was trained with a different architecture (file -> now: {'; '.join(diff[:4])}); "
+                                "rerun with the same config, or use another run folder (name=... or out_dir=...)")
+    return state

@@ -1,0 +1,148 @@
+"""Joint training end to end on the fake IDX fixture: files written, resume continues, config errors are one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from guidance.apps.common import CONF_DIR
+from guidance.errors import GuidanceError
+from guidance.training import load_snapshot
+from guidance.training.loop import train
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine's few cores are shared: oversubscribed OpenMP threads spin and run ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(fixture, run_dir: Path, *overrides: str):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=["experiment=debug", f"data.root={fixture.root}", "logger=none",
+                                           f"out_dir={run_dir}", "device=cpu", "training.sample_every=0",
+                                           "training.progress=false", *overrides])
+
+
+def _state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "state.pt", weights_only=True)
+
+
+def _app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # One thread per process, as in _one_thread.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "guidance.apps.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_debug_app_trains_then_resumes(fake_fashion_mnist, tmp_path):
+    run = tmp_path / "run"
+    args = ["experiment=debug", f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={run}"]
+    first = _app(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for f in ("checkpoints/state.pt", "unet.pt", "classifier.pt", "samples/grid_0000004.png"):
+        assert (run / f).is_file(), f
+    assert "checkpoints at step 4" in first.stdout and str(run / "unet.pt") in first.stdout
+    assert _state(run)["step"] == 4
+    unet, meta = load_snapshot(run / "unet.pt", role="unet")
+    assert meta["step"] == 4 and meta["extra"]["null_label"] == 10 and unet.num_classes == 10
+    assert meta["data_config"]["root"] == str(fake_fashion_mnist.root)
+    _, cmeta = load_snapshot(run / "classifier.pt", role="classifier")
+    assert cmeta["model_config"]["_target_"] == "guidance.nn.EncoderClassifier"
+
+    second = _app(*args, "training.total_steps=6", cwd=tmp_path)  # same run folder: resumes
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from" in second.stdout and "at step 4" in second.stdout
+    assert _state(run)["step"] == 6
+    assert load_snapshot(run / "unet.pt", role="unet")[1]["step"] == 6
+
+
+def test_unknown_config_option_fails_with_hydras_message(tmp_path):
+    res = _app("model=nonexistent", "logger=none", cwd=tmp_path)
+    assert res.returncode != 0
+    assert "Could not find 'model/nonexistent'" in res.stderr
+
+
+def _weights(run_dir: Path) -> dict:
+    s = _state(run_dir)
+    return {f"{role}.{k}": v for role, m in s["models"].items() for k, v in m["model"].items()} | {
+        f"ema.{k}": v for k, v in s["models"]["unet"]["ema"]["shadow"].items()}
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(fake_fashion_mnist, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    out = train(_cfg(fake_fashion_mnist, straight, "training.total_steps=4"), straight)
+    assert out["step"] == 4 and not out["resumed"]
+    train(_cfg(fake_fashion_mnist, resumed, "training.total_steps=2"), resumed)
+    assert _state(resumed)["step"] == 2
+    out = train(_cfg(fake_fashion_mnist, resumed, "training.total_steps=4"), resumed)
+    assert out["step"] == 4 and out["resumed"]
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    # The steps were real: with lr 0 the weights stay at the (seeded, identical) initialisation.
+    frozen = tmp_path / "frozen"
+    train(_cfg(fake_fashion_mnist, frozen, "training.total_steps=1", "training.unet_lr=0",
+               "training.classifier_lr=0"), frozen)
+    init = _weights(frozen)
+    assert not all(torch.equal(a[k], init[k]) for k in a if k.startswith("unet."))
+    # Rerunning a finished run does nothing and says so.
+    again = train(_cfg(fake_fashion_mnist, straight, "training.total_steps=4"), straight)
+    assert again["step"] == 4 and again["resumed"]
+
+
+def test_unet_only_then_classifier_only(fake_fashion_mnist, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(fake_fashion_mnist, run, "training.train_classifier=false", "training.total_steps=2"), run)
+    assert (run / "unet.pt").is_file() and not (run / "classifier.pt").exists()
+    state = _state(run)
+    assert set(state["models"]) == {"unet"}
+    unet_before = state["models"]["unet"]["model"]
+    # Now the classifier alone: it starts from scratch, the U-Net is carried over untouched.
+    train(_cfg(fake_fashion_mnist, run, "training.train_unet=false", "training.total_steps=3"), run)
+    state = _state(run)
+    assert set(state["models"]) == {"unet", "classifier"} and state["step"] == 3
+    assert all(torch.equal(v, state["models"]["unet"]["model"][k]) for k, v in unet_before.items())
+    assert (run / "classifier.pt").is_file()
+
+
+def test_architecture_change_on_resume_is_one_line(fake_fashion_mnist, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(fake_fashion_mnist, run, "training.total_steps=1", "training.train_classifier=false"), run)
+    with pytest.raises(GuidanceError) as e:
+        train(_cfg(fake_fashion_mnist, run, "training.total_steps=2", "training.train_classifier=false",
+                   "model.model_channels=16"), run)
+    msg = str(e.value)
+    assert "\n" not in msg and "state.pt" in msg and "model_channels: 32 -> 16" in msg
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["diffusion=linear_1000_learned"], "learn_sigma"),
+    (["training.p_uncond=1.5"], "p_uncond"),
+    (["training.train_unet=false", "training.train_classifier=false"], "both false"),
+])
+def test_config_mistakes_are_one_line(fake_fashion_mnist, tmp_path, overrides, words):
+    with pytest.raises(GuidanceError, match=words) as e:
+        train(_cfg(fake_fashion_mnist, tmp_path, *overrides), tmp_path)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_classifier_learns_the_fixture_classes(fake_fashion_mnist, tmp_path):
+    """The fixture's classes differ by a bright bar's position: at low noise (t in the first quartile) the
+    classifier must beat chance (0.1) clearly after a short run. 320 low-noise predictions at chance would give
+    ~32 +- 5.4 correct, so > 50% is > 7 sigma above chance."""
+    out = train(_cfg(fake_fashion_mnist, tmp_path, "training.train_unet=false", "training.total_steps=300",
+                     "training.batch_size=32", "training.log_every=40", "training.classifier_lr=1e-3"), tmp_path)
+    assert out["metrics"]["clf/acc_q1"] > 0.5
