@@ -1,0 +1,66 @@
+"""Time our FID + sFID + P&R + density/coverage against torch-fidelity's own precision/recall, same features.
+
+    python benchmarks/bench_metrics.py                 # 10k vs 10k, evaluator and Inception feature sizes
+    python benchmarks/bench_metrics.py --n 2000 --sets evaluator
+
+Prints, per feature size, seconds for each part and the ratio
+  (FID + sFID + P&R + D&C, ours) / (P&R, torch-fidelity prc_features_to_metric)
+measured in the same run on the same random features. Our k-NN pass never holds an N x M matrix
+(chunked rows), torch-fidelity's default path holds three full ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch_fidelity.metric_prc import prc_features_to_metric
+
+from guidance.metrics.fid import feature_statistics, frechet_distance
+from guidance.metrics.prdc import manifold_indicators
+
+# (pool dim, spatial dim) of each extractor: EvaluatorNet defaults on 28x28, Inception-v3 pool_3 / ADM sFID.
+SETS = {"evaluator": (128, 392), "inception": (2048, 2023)}
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def bench(n: int, pool_dim: int, spatial_dim: int, chunk: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    s_pool, r_pool = torch.randn(n, pool_dim, generator=g) + 0.1, torch.randn(n, pool_dim, generator=g)
+    s_sp, r_sp = torch.randn(n, spatial_dim, generator=g), torch.randn(n, spatial_dim, generator=g)
+
+    fid, t_fid = timed(lambda: frechet_distance(feature_statistics(s_pool), feature_statistics(r_pool)))
+    sfid, t_sfid = timed(lambda: frechet_distance(feature_statistics(s_sp), feature_statistics(r_sp)))
+    ind, t_knn = timed(lambda: manifold_indicators(s_pool, r_pool, 3, 5, chunk))
+    tf, t_tf = timed(lambda: prc_features_to_metric(s_pool, r_pool, prc_neighborhood=3, verbose=False))
+    ours = t_fid + t_sfid + t_knn
+    prec, rec = ind["precision"].double().mean().item(), ind["recall"].double().mean().item()
+    assert abs(prec - tf["precision"]) < 1e-6 and abs(rec - tf["recall"]) < 1e-6, "P&R disagree with torch-fidelity"
+    return {"fid_s": t_fid, "sfid_s": t_sfid, "prdc_s": t_knn, "ours_total_s": ours, "tf_prc_s": t_tf,
+            "ratio": ours / t_tf, "fid": fid, "sfid": sfid, "precision": prec, "recall": rec}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10000, help="samples and reference points each")
+    ap.add_argument("--sets", default="evaluator,inception", help=f"comma list of {sorted(SETS)}")
+    ap.add_argument("--chunk", type=int, default=1024, help="k-NN row block")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, n = {args.n} vs {args.n}")
+    for name in args.sets.split(","):
+        pool_dim, spatial_dim = SETS[name]
+        r = bench(args.n, pool_dim, spatial_dim, args.chunk)
+        print(f"{name:9s} (pool {pool_dim}-d, spatial {spatial_dim}-d): FID {r['fid_s']:.2f}s  sFID {r['sfid_s']:.2f}s  "
+              f"P&R+D&C {r['prdc_s']:.2f}s  = ours {r['ours_total_s']:.2f}s  vs torch-fidelity prc "
+              f"{r['tf_prc_s']:.2f}s  -> ratio {r['ratio']:.2f}x  (precision {r['precision']:.4f}, "
+              f"recall {r['recall']:.4f}, both equal to torch-fidelity's)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""guidance-evaluate: samples.npz vs a reference set -> metrics.json beside the samples (+ wandb).
+
+    guidance-evaluate samples=runs/sample/<job>                      # evaluator features, data's train split
+    guidance-evaluate samples=batch.npz reference_npz=ref.npz metrics=inception
+"""
+
+from __future__ import annotations
+
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
+from guidance.metrics.evaluate import evaluate_folder, find_samples_npz
+
+SCALARS = ("fid", "sfid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density", "coverage")
+
+
+def _abs(p: str | None) -> str | None:
+    return to_absolute_path(p) if p else None
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    metrics_cfg = to_container(cfg.metrics)
+    # Relative paths are relative to where the command was run (Hydra may change the working directory).
+    for key in ("evaluator_checkpoint", "inception_weights", "cache_dir"):
+        metrics_cfg[key] = _abs(metrics_cfg.get(key))
+    npz = find_samples_npz(to_absolute_path(cfg.samples))
+    out = evaluate_folder(npz, metrics_cfg, to_container(cfg.data), _abs(cfg.reference_npz))
+    run = init_wandb(cfg.logger, job_type="evaluate", config=to_container(cfg), dir=npz.parent)
+    scalars = {f"metrics/{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run.log(scalars)
+    run.summary.update(scalars)
+    run.finish()
+    print("  ".join(f"{k}={out[k]:.4g}" for k in SCALARS if k in out))
+    print(f"metrics -> {npz.parent / 'metrics.json'}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Sample batch -> metrics.json: FID, sFID, IS, KID, precision/recall, density/coverage (+ bootstrap spreads).
+
+Two levels, so other apps can chain evaluation in-process:
+- `compute_metrics(sample_feats, ref_feats, cfg)`: features (dicts keyed by layer) -> metrics dict;
+- `evaluate_folder(folder, cfg_metrics, data_cfg, reference_npz=None)`: reads `samples.npz` (ours or any ADM
+  batch: arr_0 uint8 NHWC [+ arr_1 labels]), extracts features, writes `metrics.json` beside it (atomic).
+FID / KID / IS / P&R go through torch-fidelity's feature-level functions; we add sFID and density/coverage.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_fidelity
+from omegaconf import DictConfig, OmegaConf
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from tqdm.auto import tqdm
+
+from guidance.errors import GuidanceError
+from guidance.io import atomic_write_json
+from guidance.metrics import extractors as ext
+from guidance.metrics.features import extract_features
+from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
+from guidance.metrics.prdc import bootstrap_indicator_std, manifold_indicators
+from guidance.metrics.reference import cache_key, load_or_extract
+
+# Values used when a caller passes a partial metrics config (conf/metrics/*.yaml hold the same fields).
+DEFAULTS = {
+    "extractor": "evaluator",
+    "evaluator_checkpoint": None,
+    "inception_weights": None,
+    "reference_split": "train",
+    "num_reference": None,
+    "batch_size": 256,
+    "device": "auto",
+    "cache_dir": "runs/cache/reference",
+    "k_prc": 3,
+    "k_dc": 5,
+    "knn_chunk": 1024,
+    "isc_splits": 10,
+    "kid_subsets": 100,
+    "kid_subset_size": 1000,
+    "bootstrap": 10,
+    "seed": 0,
+    "per_class": False,
+    "progress": True,
+}
+
+
+def _as_dict(cfg) -> dict:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def metrics_config(cfg) -> dict:
+    c = {**DEFAULTS, **_as_dict(cfg)}
+    unknown = set(c) - set(DEFAULTS)
+    if unknown:
+        raise GuidanceError(f"unknown metrics option(s) {sorted(unknown)}: known are {sorted(DEFAULTS)}")
+    ext.layers_for(c["extractor"])  # validates the name
+    return c
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------- input files
+
+
+def find_samples_npz(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "samples.npz"
+    if not p.is_file():
+        raise GuidanceError(f"no samples file at {p}: pass samples=<samples.npz or the sample job's folder>")
+    return p
+
+
+def _check_nhwc_uint8(arr: np.ndarray, path: Path, what: str) -> None:
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        hint = " (looks NCHW: transpose to NHWC)" if arr.ndim == 4 and arr.shape[1] in (1, 3) else ""
+        raise GuidanceError(f"{what} {path}: arr_0 has shape {arr.shape}, expected NHWC with 1 or 3 channels{hint}")
+    if arr.dtype != np.uint8:
+        raise GuidanceError(f"{what} {path}: arr_0 is {arr.dtype}, expected uint8 in 0..255 "
+                            f"(convert with guidance.data.to_uint8 before saving)")
+
+
+def load_images_npz(path: str | Path, what: str = "samples") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ADM batch layout: arr_0 uint8 NHWC, optional arr_1 int labels -> (uint8 NCHW, int64 labels | None)."""
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise GuidanceError(f"{what} {path} is not a readable .npz ({type(e).__name__}): expected arr_0 uint8 NHWC")
+    with z:
+        if not hasattr(z, "files") or "arr_0" not in z.files:
+            raise GuidanceError(f"{what} {path} has no arr_0: expected an ADM-style npz (arr_0 uint8 NHWC [+ arr_1])")
+        images = z["arr_0"]
+        _check_nhwc_uint8(images, path, what)
+        labels = z["arr_1"] if "arr_1" in z.files else None
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
+        raise GuidanceError(f"{what} {path}: arr_1 has shape {labels.shape}, expected ({len(images)},) labels")
+    images_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    labels_t = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
+    return images_t, labels_t
+
+
+def _npz_image_shape(path: Path) -> tuple[int, int, int]:
+    """(C, H, W) of arr_0 from the .npy header alone, without reading the images."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
+        raise GuidanceError(f"reference {path} is not an npz with arr_0 ({type(e).__name__}): "
+                            f"pass reference_npz=<ADM-style npz, arr_0 uint8 NHWC>")
+    if len(shape) != 4 or shape[-1] not in (1, 3) or dtype != np.uint8:
+        raise GuidanceError(f"reference {path}: arr_0 is {dtype} {shape}, expected uint8 NHWC with 1 or 3 channels")
+    return shape[3], shape[1], shape[2]
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+def _weights_path(c: dict) -> str | None:
+    p = c["evaluator_checkpoint"] if c["extractor"] == "evaluator" else c["inception_weights"]
+    return str(Path(p).expanduser()) if p else None
+
+
+def reference_description(data_cfg, reference_npz, c: dict) -> tuple[str, str, tuple[int, int, int]]:
+    """(dataset key, split, expected C,H,W) of the reference set, cheaply (no images read)."""
+    if reference_npz:
+        p = Path(reference_npz)
+        if not p.is_file():
+            raise GuidanceError(f"reference_npz {p} not found: pass an existing ADM-style npz or drop it to use data")
+        return f"npz:{ext.sha256_file(p)[:16]}", "npz", _npz_image_shape(p)
+    d = _as_dict(data_cfg)
+    if "name" not in d:
+        raise GuidanceError("no reference: give a data config (data=fashion_mnist, ...) or reference_npz=<path>")
+    return d["name"], c["reference_split"], (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
+
+
+def _load_reference_images(data_cfg, reference_npz, c: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if reference_npz:
+        images, labels = load_images_npz(reference_npz, what="reference")
+    else:
+        from guidance.data import load_images  # owned by the data module
+
+        d = _as_dict(data_cfg)
+        images, labels = load_images(d["name"], split=c["reference_split"], root=d.get("root"),
+                                     download=bool(d.get("download", False)), path=d.get("path"))
+    n = c["num_reference"]
+    if n is not None:
+        if n > len(images):
+            raise GuidanceError(f"metrics.num_reference={n} but the reference has only {len(images)} images: "
+                                f"lower it or set it to null (all)")
+        # A fixed-seed subset (not the first n) keeps classes balanced; the seed is part of the cache key.
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
+        images, labels = images[idx], (labels[idx] if labels is not None else None)
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def _check_counts(n: int, what: str, c: dict, need_kid: bool = True, need_isc: bool = False) -> None:
+    k = max(c["k_prc"], c["k_dc"])
+    if n < k + 1:
+        raise GuidanceError(f"only {n} {what}: k-NN metrics need more than k={k} (metrics.k_prc/k_dc); "
+                            f"use more images")
+    if need_kid and n < c["kid_subset_size"]:
+        raise GuidanceError(f"only {n} {what} but metrics.kid_subset_size={c['kid_subset_size']}: lower "
+                            f"metrics.kid_subset_size or use more images")
+    if need_isc and n < c["isc_splits"]:
+        raise GuidanceError(f"only {n} {what} but metrics.isc_splits={c['isc_splits']}: lower it or use more images")
+
+
+def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, torch.Tensor], cfg=None,
+                    sample_labels: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> dict:
+    """All metrics from features keyed by layer name (see extractors.METRIC_LAYERS for the extractor in cfg)."""
+    c = metrics_config(cfg)
+    layers = ext.layers_for(c["extractor"])
+    for name, feats in (("samples", sample_feats), ("reference", ref_feats)):
+        missing = {layers[m] for m in ("fid", "sfid")} - set(feats)
+        if missing:
+            raise GuidanceError(f"{name} features lack layers {sorted(missing)} for extractor {c['extractor']}")
+    n, m = len(sample_feats[layers["fid"]]), len(ref_feats[layers["fid"]])
+    _check_counts(n, "samples", c, need_isc=layers["isc"] in sample_feats)
+    _check_counts(m, "reference images", c)
+    rng = np.random.default_rng(c["seed"])
+    B = int(c["bootstrap"])
+    out: dict = {"num_samples": n, "num_reference": m}
+
+    # FID / sFID (Heusel et al. 2017; sFID: Nash et al. 2021) on float64 statistics.
+    for name, layer in (("fid", layers["fid"]), ("sfid", layers["sfid"])):
+        ref_stats = feature_statistics(ref_feats[layer])
+        out[name] = frechet_distance(feature_statistics(sample_feats[layer]), ref_stats)
+        if B > 1:
+            with tqdm(total=B, desc=f"bootstrap {name}", leave=False, disable=not c["progress"]) as bar:
+                out[f"{name}_std"] = bootstrap_fid_std(sample_feats[layer], ref_stats, B, rng, bar)
+
+    # IS (Salimans et al. 2016) on logits, torch-fidelity's split mean/std.
+    if layers["isc"] in sample_feats:
+        isc = isc_features_to_metric(sample_feats[layers["isc"]], splits=c["isc_splits"], shuffle=True,
+                                     rng_seed=c["seed"])
+        out["is_mean"], out["is_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
+
+    # KID (Binkowski et al. 2018): torch-fidelity's unbiased MMD² with the cubic kernel over random subsets.
+    kid = kid_features_to_metric(sample_feats[layers["kid"]], ref_feats[layers["kid"]], kid_subsets=c["kid_subsets"],
+                                 kid_subset_size=c["kid_subset_size"], rng_seed=c["seed"], verbose=False)
+    out["kid_mean"], out["kid_std"] = kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
+
+    # P&R (k=3) and D&C (k=5): our chunked k-NN, equal to torch-fidelity's prc (tested) without N x M memory.
+    s, r = sample_feats[layers["prc"]], ref_feats[layers["prc"]]
+    with tqdm(total=2 * n + m, desc="k-NN manifolds", unit="rows", leave=False, disable=not c["progress"]) as bar:
+        ind = manifold_indicators(s, r, c["k_prc"], c["k_dc"], c["knn_chunk"], bar)
+    out.update({k: float(v.double().mean()) for k, v in ind.items()})
+    if B > 1:
+        out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(ind, B, rng).items()})
+
+    if c["per_class"]:
+        out["per_class"] = per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c)
+    return out
+
+
+def per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c: dict) -> dict:
+    """FID and P&R within each label (samples labelled y vs reference images of class y)."""
+    if sample_labels is None or ref_labels is None:
+        which = "samples (arr_1)" if sample_labels is None else "reference"
+        raise GuidanceError(f"per_class=true needs labels but the {which} has none: set metrics.per_class=false")
+    layers = ext.layers_for(c["extractor"])
+    k = c["k_prc"]
+    out = {}
+    for y in sorted(set(sample_labels.tolist())):
+        s_mask, r_mask = sample_labels == y, ref_labels == y
+        ns, nr = int(s_mask.sum()), int(r_mask.sum())
+        row: dict = {"num_samples": ns, "num_reference": nr}
+        if min(ns, nr) < k + 1:
+            # Recorded, not hidden: a class the guided sampler rarely produced has no meaningful FID.
+            row.update(fid=None, precision=None, recall=None, skipped=f"fewer than {k + 1} images")
+        else:
+            s, r = sample_feats[layers["fid"]][s_mask], ref_feats[layers["fid"]][r_mask]
+            row["fid"] = frechet_distance(feature_statistics(s), feature_statistics(r))
+            ind = manifold_indicators(sample_feats[layers["prc"]][s_mask], ref_feats[layers["prc"]][r_mask], k, k,
+                                      c["knn_chunk"])
+            row["precision"], row["recall"] = float(ind["precision"].double().mean()), float(ind["recall"].double().mean())
+        out[str(y)] = row
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metrics, data_cfg,
+                     reference_npz: str | Path | None = None) -> dict:
+    """uint8 NCHW samples (+ labels) vs the reference set -> metrics dict (nothing written but the cache)."""
+    c = metrics_config(cfg_metrics)
+    t0 = time.time()
+    ref_name, ref_split, ref_shape = reference_description(data_cfg, reference_npz, c)
+    if tuple(images.shape[1:]) != ref_shape:
+        raise GuidanceError(f"samples are {'x'.join(map(str, images.shape[1:]))} (CxHxW) but the reference "
+                            f"({ref_name} {ref_split}) is {'x'.join(map(str, ref_shape))}: evaluate against the data "
+                            f"config the samples were generated from")
+    layers = ext.layers_for(c["extractor"])
+    feature_set = sorted(set(layers.values()))
+    weights = _weights_path(c)
+    sha = ext.weights_sha256_for(c["extractor"], weights)
+    device = resolve_device(c["device"])
+    extractor = None
+
+    def get_extractor():
+        nonlocal extractor
+        if extractor is None:
+            extractor = ext.create_extractor(c["extractor"], feature_set, weights, device)
+        return extractor
+
+    def extract_reference():
+        ref_images, ref_labels = _load_reference_images(data_cfg, reference_npz, c)
+        return extract_features(ref_images, get_extractor(), c["batch_size"], c["progress"]), ref_labels
+
+    key = cache_key(ref_name, ref_split, c["num_reference"], c["extractor"], sha, feature_set)
+    cache_dir = c["cache_dir"]
+    ref_feats, ref_labels, hit = load_or_extract(cache_dir, key, extract_reference)
+    sample_feats = extract_features(images, get_extractor(), c["batch_size"], c["progress"])
+    if getattr(extractor, "weights_sha256", sha) != sha:
+        raise GuidanceError("extractor weights changed while evaluating: rerun guidance-evaluate")
+
+    out = compute_metrics(sample_feats, ref_feats, c, labels, ref_labels)
+    out.update(
+        extractor=c["extractor"],
+        weights_sha256=sha,
+        torch_fidelity_version=torch_fidelity.__version__,
+        feature_layers={m: layers[m] for m in ("fid", "sfid", "isc", "kid", "prc")},
+        k_prc=c["k_prc"], k_dc=c["k_dc"], bootstrap=int(c["bootstrap"]),
+        reference={"dataset": ref_name, "split": ref_split, "cache_hit": hit,
+                   **({"npz": str(reference_npz)} if reference_npz else {})},
+        seconds=round(time.time() - t0, 2),
+    )
+    return out
+
+
+def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
+    """Evaluate `folder/samples.npz` (or a samples .npz path) and write `metrics.json` beside it."""
+    npz = find_samples_npz(folder)
+    images, labels = load_images_npz(npz)
+    out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)
+    out["samples"] = str(npz)
+    atomic_write_json(out, npz.parent / "metrics.json")
+    return out

@@ -1,0 +1,174 @@
+"""guidance-evaluate end to end on tiny npz files with an untrained tiny evaluator; its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from guidance.errors import GuidanceError
+from guidance.metrics.evaluate import evaluate_folder
+from guidance.nn.evaluator import EvaluatorNet
+
+SIZE = 12
+EVAL_CFG = {"_target_": "guidance.nn.evaluator.EvaluatorNet", "image_size": SIZE, "in_channels": 1, "num_classes": 4,
+            "channels": [4, 8, 8], "feature_dim": 6, "spatial_channels": 2, "dropout": 0.0}
+DATA = {"name": "fashion_mnist", "root": None, "download": False, "path": None, "image_size": 28, "channels": 1,
+        "num_classes": 10}
+KEYS = ("fid", "sfid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
+        "fid_std", "sfid_std", "precision_std", "recall_std", "density_std", "coverage_std", "num_samples",
+        "num_reference", "extractor", "weights_sha256", "torch_fidelity_version")
+
+
+def save_evaluator(path: Path, seed: int = 0) -> Path:
+    from guidance.training.checkpoint import save_snapshot
+
+    torch.manual_seed(seed)
+    net = EvaluatorNet(**{k: v for k, v in EVAL_CFG.items() if k != "_target_"})
+    return save_snapshot(path, "evaluator", net, EVAL_CFG, step=0)
+
+
+def save_batch(path: Path, n: int, seed: int, labels: bool = True, **override) -> Path:
+    rng = np.random.default_rng(seed)
+    arrays = {"arr_0": rng.integers(0, 256, size=(n, SIZE, SIZE, 1), dtype=np.uint8)}
+    if labels:
+        arrays["arr_1"] = rng.integers(0, 4, size=n)
+    arrays.update(override)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path):
+    ckpt = save_evaluator(tmp_path / "evaluator.pt")
+    samples = save_batch(tmp_path / "job" / "samples.npz", 40, seed=1)
+    ref = save_batch(tmp_path / "ref.npz", 50, seed=2)
+    cfg = {"extractor": "evaluator", "evaluator_checkpoint": str(ckpt), "cache_dir": str(tmp_path / "cache"),
+           "kid_subsets": 5, "kid_subset_size": 20, "isc_splits": 2, "bootstrap": 3, "progress": False}
+    return tmp_path, samples, ref, cfg
+
+
+def test_app_writes_metrics_json(setup):
+    tmp, samples, ref, cfg = setup
+    cmd = [sys.executable, "-m", "guidance.apps.evaluate", f"samples={samples.parent}", f"reference_npz={ref}",
+           f"metrics.evaluator_checkpoint={cfg['evaluator_checkpoint']}", f"metrics.cache_dir={cfg['cache_dir']}",
+           "metrics.kid_subsets=5", "metrics.kid_subset_size=20", "metrics.isc_splits=2", "metrics.bootstrap=3",
+           "metrics.per_class=true", "metrics.progress=false", "logger=none", f"hydra.run.dir={tmp / 'hydra'}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((samples.parent / "metrics.json").read_text())
+    for key in KEYS:
+        assert key in out, key
+    assert out["num_samples"] == 40 and out["num_reference"] == 50 and out["extractor"] == "evaluator"
+    assert set(out["per_class"]) <= {"0", "1", "2", "3"}
+    assert 0 <= out["precision"] <= 1 and out["is_mean"] >= 1.0 - 1e-9
+    assert not list(samples.parent.glob("*.tmp"))
+
+
+def test_cache_is_reused_and_invalidated_by_new_evaluator_weights(setup):
+    tmp, samples, ref, cfg = setup
+    first = evaluate_folder(samples, cfg, DATA, ref)
+    again = evaluate_folder(samples, cfg, DATA, ref)
+    assert not first["reference"]["cache_hit"] and again["reference"]["cache_hit"]
+    assert again["fid"] == first["fid"]
+    save_evaluator(Path(cfg["evaluator_checkpoint"]), seed=1)  # "retrained" evaluator, same path
+    retrained = evaluate_folder(samples, cfg, DATA, ref)
+    assert not retrained["reference"]["cache_hit"]
+    assert retrained["weights_sha256"] != first["weights_sha256"] and retrained["fid"] != first["fid"]
+
+
+def test_identical_batches_score_perfectly(setup):
+    tmp, samples, ref, cfg = setup
+    out = evaluate_folder(samples, {**cfg, "bootstrap": 0}, DATA, samples)
+    assert abs(out["fid"]) < 1e-5 and out["precision"] == 1.0 and out["recall"] == 1.0 and out["coverage"] == 1.0
+
+
+def _one_line_error(fn, *args, match: str):
+    with pytest.raises(GuidanceError, match=match) as e:
+        fn(*args)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_bad_sample_files_are_one_line_errors(setup):
+    tmp, _, ref, cfg = setup
+    bad = tmp / "bad"
+    rng = np.random.default_rng(0)
+    cases = {
+        "float.npz": ({"arr_0": rng.random((40, SIZE, SIZE, 1)).astype(np.float32)}, "expected uint8"),
+        "nchw.npz": ({"arr_0": rng.integers(0, 256, (40, 1, SIZE, SIZE), dtype=np.uint8)}, "transpose to NHWC"),
+        "two_channels.npz": ({"arr_0": rng.integers(0, 256, (40, SIZE, SIZE, 2), dtype=np.uint8)}, "1 or 3 channels"),
+        "no_arr0.npz": ({"images": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8)}, "no arr_0"),
+        "labels.npz": ({"arr_0": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8),
+                        "arr_1": np.zeros(3, dtype=np.int64)}, "arr_1 has shape"),
+    }
+    for name, (arrays, match) in cases.items():
+        bad.mkdir(exist_ok=True)
+        np.savez(bad / name, **arrays)
+        _one_line_error(evaluate_folder, bad / name, cfg, DATA, ref, match=match)
+    (bad / "junk.npz").write_text("not a zip")
+    _one_line_error(evaluate_folder, bad / "junk.npz", cfg, DATA, ref, match="not a readable .npz")
+    _one_line_error(evaluate_folder, tmp / "nowhere", cfg, DATA, ref, match="no samples file")
+
+
+def test_counts_shapes_and_checkpoint_errors(setup):
+    tmp, samples, ref, cfg = setup
+    few = save_batch(tmp / "few" / "samples.npz", 5, seed=3)
+    _one_line_error(evaluate_folder, few, {**cfg, "kid_subset_size": 2}, DATA, ref, match="more than k=5")
+    _one_line_error(evaluate_folder, save_batch(tmp / "f2" / "samples.npz", 15, seed=3), cfg, DATA, ref,
+                    match="kid_subset_size=20")
+    big = tmp / "big" / "samples.npz"
+    big.parent.mkdir()
+    np.savez(big, arr_0=np.zeros((40, 16, 16, 3), np.uint8))
+    _one_line_error(evaluate_folder, big, cfg, DATA, ref, match="3x16x16 .* is 1x12x12")
+    # Against the data split (1x28x28 for fashion_mnist), checked before any image is read.
+    _one_line_error(evaluate_folder, samples, cfg, DATA, None, match="reference \\(fashion_mnist train\\) is 1x28x28")
+    missing = {**cfg, "evaluator_checkpoint": str(tmp / "no" / "evaluator.pt")}
+    _one_line_error(evaluate_folder, samples, missing, DATA, ref, match="run guidance-train-evaluator first")
+
+
+def test_app_error_is_a_single_line_with_exit_status_2(setup):
+    tmp, samples, ref, cfg = setup
+    cmd = [sys.executable, "-m", "guidance.apps.evaluate", f"samples={samples}", f"reference_npz={ref}",
+           f"metrics.evaluator_checkpoint={tmp / 'missing.pt'}", "logger=none", f"hydra.run.dir={tmp / 'hydra'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env={**os.environ, "WANDB_MODE": "disabled"},
+                         timeout=300)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "guidance-train-evaluator" in lines[0]
+
+
+def test_train_evaluator_then_evaluate_against_the_data_split(fake_fashion_mnist, tmp_path):
+    """guidance-train-evaluator on the fake IDX fixture -> snapshot with accuracy; evaluate its test images."""
+    from hydra import compose, initialize_config_dir
+
+    from guidance.apps.common import CONF_DIR
+    from guidance.apps.train_evaluator import train_evaluator
+    from guidance.training.checkpoint import load_snapshot
+
+    overrides = [f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={tmp_path / 'ev'}", "epochs=2",
+                 "batch_size=16", "evaluator.channels=[4,8,8]", "evaluator.feature_dim=8", "log_every=1"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train_evaluator", overrides=overrides)
+        mcfg = compose("evaluate", overrides=[f"data.root={fake_fashion_mnist.root}", "samples=unused"])
+    info = train_evaluator(cfg)
+    net, meta = load_snapshot(info["path"], role="evaluator")
+    assert meta["extra"]["test_accuracy"] == info["test_accuracy"] and 0.0 <= info["test_accuracy"] <= 1.0
+
+    images = torch.from_numpy(fake_fashion_mnist.test_images[:, None])
+    np.savez(tmp_path / "samples.npz", arr_0=images.permute(0, 2, 3, 1).numpy(),
+             arr_1=fake_fashion_mnist.test_labels.astype(np.int64))
+    metrics = {**mcfg.metrics, "evaluator_checkpoint": info["path"], "cache_dir": str(tmp_path / "cache"),
+               "kid_subsets": 5, "kid_subset_size": 16, "isc_splits": 2, "bootstrap": 0, "progress": False}
+    out = evaluate_folder(tmp_path, metrics, dict(mcfg.data))
+    assert out["num_samples"] == 32 and out["num_reference"] == 64
+    assert out["reference"]["dataset"] == "fashion_mnist" and out["reference"]["split"] == "train"
+    assert (tmp_path / "metrics.json").is_file()
