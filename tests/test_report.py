@@ -76,9 +76,9 @@ def _write_point(folder: Path, overrides: list[str], info: dict | None, metrics:
 
 def _info(strategy, scale, conditional, nfe_step, clf_step):
     return dict(strategy=strategy, scale=scale, conditional=conditional, sampler="ddim", steps=STEPS, num_samples=N,
-                seed=7, cost=dict(per_step=dict(nfe=nfe_step, classifier_forward=clf_step, classifier_backward=clf_step),
-                                  per_sample=dict(nfe=nfe_step * STEPS, classifier_forward=clf_step * STEPS,
-                                                  classifier_backward=clf_step * STEPS)))
+                seed=7, cost_per_step=dict(nfe=nfe_step, classifier_forward=clf_step, classifier_backward=clf_step),
+                cost_per_sample=dict(nfe=nfe_step * STEPS, classifier_forward=clf_step * STEPS,
+                                     classifier_backward=clf_step * STEPS))
 
 
 def make_sweep(base: Path) -> Path:
@@ -370,3 +370,15 @@ def test_wandb_offline_summary(sweep, tmp_path, monkeypatch):
     assert paths["wandb"].exists() and len(runs) == 1
     media = runs[0] / "files" / "media"
     assert list(media.rglob("table_*.table.json")) and len(list(media.rglob("*.png"))) >= 4 + len(CLF) + len(CFG)
+
+
+def test_cfg_table_takes_the_conditional_baseline_as_w0(tmp_path):
+    """A sweep without a cfg w=0 point shows the unguided conditional (`none`) point as the w = 0 row."""
+    root = tmp_path / "sweep"
+    _write_point(root / "none-cond", [], _info("none", 0.0, True, 1, 0), {"fid": 10.0}, CFG_COLOUR)
+    _write_point(root / "none-uncond", [], _info("none", 0.0, False, 1, 0), {"fid": 30.0}, CFG_COLOUR)
+    _write_point(root / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 8.0}, CFG_COLOUR)
+    tables = {t.kind: t for t in build_tables(collect_sweep(root, progress=False))}
+    cfg_rows = [(p.strategy, p.w, p.value("fid")) for p in tables["cfg"].rows]
+    assert cfg_rows == [("none", 0.0, 10.0), ("cfg", 1.0, 8.0)]
+    assert "| 0 | 10.00" in to_markdown([tables["cfg"]])

@@ -82,6 +82,8 @@ class Point:
         """CFG scale of a cfg / cfg_classifier point (cfg_classifier's `scale` is w, `classifier_scale` is s)."""
         if self.strategy == "cfg":
             return self.scale
+        if self.strategy == "none" and self.conditional:
+            return 0.0  # the unguided conditional model is CFG at w = 0
         if self.strategy == "cfg_classifier":
             return self.cfg_scale if self.cfg_scale is not None else self.scale
         return None
@@ -164,7 +166,7 @@ def _fill_from_info(p: Point, info: dict) -> None:
     p.steps = info.get("steps")
     p.num_samples = info.get("num_samples")
     p.seed = info.get("seed")
-    per_sample = ((info.get("cost") or {}).get("per_sample")) or {}
+    per_sample = info.get("cost_per_sample") or {}
     p.nfe = _number(per_sample.get("nfe"))
     p.classifier_forward = _number(per_sample.get("classifier_forward"))
     p.classifier_backward = _number(per_sample.get("classifier_backward"))

@@ -25,7 +25,9 @@ PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; 
 
 KINDS = {
     "classifier": dict(title="Classifier guidance (ADM Table 4 layout)", strategies=("none", "classifier")),
-    "cfg": dict(title="Classifier-free guidance (Ho & Salimans 2022 layout)", strategies=("cfg",)),
+    # w = 0 of CFG is the unguided conditional model: its `none` point heads the CFG table.
+    "cfg": dict(title="Classifier-free guidance (Ho & Salimans 2022 layout)", strategies=("none", "cfg"),
+                conditional_only=True),
     "cfg_classifier": dict(title="Classifier-free + classifier guidance", strategies=("cfg_classifier",)),
 }
 
@@ -88,8 +90,11 @@ def build_tables(sweep: Sweep) -> list[Table]:
     tables = []
     unknown = sorted((p for p in sweep.points if p.strategy not in STRATEGY_ORDER), key=_sort_key)
     for kind, spec in KINDS.items():
-        rows = sorted((p for p in sweep.points if p.strategy in spec["strategies"]), key=_sort_key)
-        if not rows:
+        rows = sorted((p for p in sweep.points if p.strategy in spec["strategies"]
+                       and (p.conditional or not spec.get("conditional_only"))), key=_sort_key)
+        if spec.get("conditional_only") and any(p.strategy == "cfg" and p.w == 0 for p in rows):
+            rows = [p for p in rows if p.strategy != "none"]  # the sweep ran w = 0 itself
+        if not any(p.strategy != "none" for p in rows):  # a baseline alone makes no CFG table
             continue
         tables.append(Table(kind, spec["title"], rows, ""))
     if unknown:  # never drop a point: failed jobs that said nothing go under the first table

@@ -1,0 +1,178 @@
+"""guidance-main: the whole study in one command.
+
+    guidance-main                       # Fashion-MNIST, CPU preset (<= 20 min on 2 cores with shipped checkpoints)
+    guidance-main study=gpu             # bigger model, more samples and steps, for one GPU
+    guidance-main pretrained_dir=null   # train everything from scratch instead of reusing shipped snapshots
+
+Stages: (1) U-Net + noise-aware classifier: reuse snapshots from `pretrained_dir`, else train jointly (resumable);
+(2) evaluator network for the metrics: reuse, else train; (3) sweep: for every (strategy, model, scale) point,
+sample and evaluate; finished points are skipped; (4) the tradeoff report (tables, plots, wandb summary).
+Each stage calls the same functions as the single-purpose apps (guidance-train, guidance-sample, ...), composing
+their primary configs with Hydra's compose API, so a point of this study equals a `guidance-sample` job.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from guidance.apps.common import CONF_DIR, one_line_errors
+from guidance.errors import GuidanceError
+
+# Config groups the study shares with the training app.
+TRAIN_GROUPS = ("data", "model", "classifier", "diffusion", "training", "logger")
+
+
+def _compose_like(config_name: str, cfg: DictConfig, groups: tuple[str, ...]) -> DictConfig:
+    """Compose another app's primary config, then take over this run's (possibly overridden) group nodes."""
+    sub = compose(config_name=config_name)
+    with open_dict(sub):
+        for g in groups:
+            sub[g] = OmegaConf.to_container(cfg[g], resolve=True)
+        for key in ("device", "amp"):
+            if key in cfg and key in sub:
+                sub[key] = cfg[key]
+    return sub
+
+
+def _pretrained(cfg: DictConfig, name: str) -> Path | None:
+    if not cfg.pretrained_dir:
+        return None
+    path = Path(hydra.utils.to_absolute_path(cfg.pretrained_dir)) / name
+    return path if path.is_file() else None
+
+
+def ensure_models(cfg: DictConfig, out_dir: Path) -> dict[str, Path]:
+    """Stage 1: the U-Net and classifier snapshots (shipped, or trained here and resumed when rerun)."""
+    unet, clf = _pretrained(cfg, "unet.pt"), _pretrained(cfg, "classifier.pt")
+    if unet and clf:
+        tqdm.write(f"[models] reusing shipped snapshots {unet} and {clf}")
+        return {"unet": unet, "classifier": clf}
+    from guidance.training.loop import train
+
+    run_dir = out_dir / "train"
+    train_cfg = _compose_like("train", cfg, TRAIN_GROUPS)
+    with open_dict(train_cfg):
+        train_cfg.training.total_steps = cfg.study.train_steps
+        train_cfg.out_dir = str(run_dir)
+    tqdm.write(f"[models] training U-Net + classifier for {cfg.study.train_steps} steps into {run_dir}")
+    result = train(train_cfg, run_dir)
+    return {"unet": Path(result["unet"]), "classifier": Path(result["classifier"])}
+
+
+def ensure_evaluator(cfg: DictConfig) -> Path:
+    """Stage 2: the dataset evaluator network the metrics extract features with (offline default)."""
+    if cfg.metrics.extractor != "evaluator":
+        return Path()
+    shipped = _pretrained(cfg, "evaluator.pt")
+    configured = Path(hydra.utils.to_absolute_path(cfg.metrics.evaluator_checkpoint))
+    chosen_by_user = any(o.startswith("metrics.evaluator_checkpoint=") for o in HydraConfig.get().overrides.task)
+    if shipped and not chosen_by_user:  # the shipped evaluator keeps numbers comparable across machines
+        tqdm.write(f"[evaluator] reusing shipped {shipped}")
+        return shipped
+    if configured.is_file():
+        tqdm.write(f"[evaluator] reusing {configured}")
+        return configured
+    from guidance.apps.train_evaluator import train_evaluator
+
+    ev_cfg = _compose_like("train_evaluator", cfg, ("data", "logger"))
+    with open_dict(ev_cfg):
+        ev_cfg.epochs = cfg.study.evaluator_epochs
+        ev_cfg.out_dir = str(configured.parent)
+        ev_cfg.device = cfg.device
+    tqdm.write(f"[evaluator] training the {cfg.data.name} evaluator into {configured}")
+    return Path(train_evaluator(ev_cfg)["path"])
+
+
+def sweep_points(cfg: DictConfig) -> list[dict]:
+    """Expand study.sweep ({guidance, conditional, scales}) into one dict per point, named for its folder."""
+    points = []
+    for entry in cfg.study.sweep:
+        for scale in entry.scales:
+            model = "cond" if entry.get("conditional", True) else "uncond"
+            points.append({"guidance": entry.guidance, "conditional": bool(entry.get("conditional", True)),
+                           "scale": float(scale), "name": f"{entry.guidance}-{model}-s{float(scale):g}"})
+    names = [p["name"] for p in points]
+    if len(set(names)) != len(names):
+        raise GuidanceError(f"study.sweep lists a point twice: {sorted(n for n in names if names.count(n) > 1)}")
+    return points
+
+
+def sample_config(cfg: DictConfig, point: dict, models: dict[str, Path], sweep_name: str) -> DictConfig:
+    s = cfg.study
+    scfg = compose(config_name="sample", overrides=[f"guidance={point['guidance']}", f"sampler={s.sampler}"])
+    with open_dict(scfg):
+        scfg.logger = OmegaConf.to_container(cfg.logger, resolve=True)
+        scfg.unet_ckpt, scfg.classifier_ckpt = str(models["unet"]), str(models["classifier"])
+        scfg.num_samples, scfg.batch_size, scfg.seed, scfg.labels = s.num_samples, s.batch_size, s.seed, s.labels
+        scfg.device, scfg.sweep_name = cfg.device, sweep_name
+        scfg.sampler.respacing = s.respacing
+        if "scale" in scfg.guidance:  # `none` has no scale: its points are the scale-0 baselines
+            scfg.guidance.scale = point["scale"]
+        elif point["scale"] != 0:
+            raise GuidanceError(f"study.sweep: guidance={point['guidance']} takes no scale; list it with scales: [0]")
+        if "conditional" in scfg.guidance:
+            scfg.guidance.conditional = point["conditional"]
+    return scfg
+
+
+def metrics_config(cfg: DictConfig, evaluator: Path) -> DictConfig:
+    m = OmegaConf.create(OmegaConf.to_container(cfg.metrics, resolve=True))
+    if cfg.metrics.extractor == "evaluator":
+        m.evaluator_checkpoint = str(evaluator)
+    return m
+
+
+def point_done(folder: Path) -> bool:
+    metrics, samples = folder / "metrics.json", folder / "samples.npz"
+    return metrics.is_file() and samples.is_file() and metrics.stat().st_mtime >= samples.stat().st_mtime
+
+
+def run_sweep(cfg: DictConfig, out_dir: Path, models: dict[str, Path], evaluator: Path) -> Path:
+    """Stage 3: sample + evaluate every point; finished points (metrics.json newer than samples) are skipped."""
+    from guidance.apps.sample import run_sample
+    from guidance.metrics.evaluate import evaluate_folder
+
+    sweep_dir, sweep_name = out_dir / "sweep", f"{cfg.data.name}-{cfg.study.name}"
+    points = sweep_points(cfg)
+    todo = [p for p in points if not point_done(sweep_dir / p["name"])]
+    tqdm.write(f"[sweep] {len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run "
+               f"({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} {cfg.study.respacing})")
+    m_cfg = metrics_config(cfg, evaluator)
+    with tqdm(todo, desc="sweep", unit="point") as bar:
+        for p in bar:
+            bar.set_postfix_str(p["name"])
+            folder = sweep_dir / p["name"]
+            t0 = time.time()
+            run_sample(sample_config(cfg, p, models, sweep_name), folder)
+            metrics = evaluate_folder(folder, m_cfg, cfg.data)
+            tqdm.write(f"[sweep] {p['name']}: FID {metrics['fid']:.2f}  precision {metrics['precision']:.3f}  "
+                       f"recall {metrics['recall']:.3f}  ({time.time() - t0:.0f}s)")
+    return sweep_dir
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="main")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    from guidance.report import build_report
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    t0 = time.time()
+    stages = ["models", "evaluator", "sweep", "report"]
+    tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})")
+    models = ensure_models(cfg, out_dir)
+    evaluator = ensure_evaluator(cfg)
+    sweep_dir = run_sweep(cfg, out_dir, models, evaluator)
+    paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger)
+    tqdm.write(f"[report] {paths['md']}\n[report] plots in {Path(paths['fid_vs_scale']).parent}")
+    tqdm.write(f"guidance-main: done in {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
