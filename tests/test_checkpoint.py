@@ -163,3 +163,23 @@ def test_ema_copies_buffers_and_round_trips():
     assert all(torch.equal(other.shadow[k], ema.shadow[k]) for k in ema.shadow) and other.rate == 0.99
     with pytest.raises(ValueError):
         EMA(net, 1.0)
+
+
+def test_ema_warmup_follows_the_schedule_and_forgets_the_init():
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, 0.999, warmup=True)
+    assert ema.rate_at(0) == pytest.approx(1 / 10) and ema.rate_at(90) == pytest.approx(91 / 100)
+    assert ema.rate_at(10**7) == 0.999  # capped by the configured rate
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    expected = 0.0
+    for step in range(1500):
+        ema.update(net, step)
+        r = min(0.999, (1 + step) / (10 + step))
+        expected = r * expected + (1 - r) * 1.0
+    assert ema.shadow["weight"].item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.99  # without warm-up the zero init would still weigh 0.999**1500 = 22%
+    plain = EMA(nn.Linear(1, 1, bias=False), 0.999)
+    assert plain.rate_at(0) == 0.999

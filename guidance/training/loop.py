@@ -107,7 +107,7 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
         models[role] = instantiate(model_cfgs[role], _convert_="all").to(device)
         opts[role] = torch.optim.AdamW(models[role].parameters(), lr=lrs[role], weight_decay=wds[role])
         if ema_rates[role] is not None:
-            emas[role] = EMA(models[role], ema_rates[role])
+            emas[role] = EMA(models[role], ema_rates[role], warmup=t_cfg.get("ema_warmup", True))
     if "unet" in models and getattr(models["unet"], "num_classes", None) != num_classes:
         raise GuidanceError(f"the U-Net has num_classes={getattr(models['unet'], 'num_classes', None)} but the data "
                             f"has {num_classes}; label dropout needs a conditional net with the null label "
@@ -203,7 +203,7 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
             # Accuracy per noise-level quartile: q1 = least noisy t in [0, T/4), q4 = nearly pure noise.
             meter.add_quartiles((logits.argmax(1) == y).float(), t_c * 4 // T)
         for role, ema in emas.items():
-            ema.update(models[role])
+            ema.update(models[role], step)
         step += 1
         bar.update(1)
 
