@@ -12,7 +12,8 @@ from torch_fidelity.metric_prc import calculate_precision_recall_full, calculate
 from guidance.errors import GuidanceError
 from guidance.metrics.evaluate import compute_metrics
 from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
-from guidance.metrics.prdc import bootstrap_indicator_std, kth_neighbour_radii, manifold_indicators, prdc
+from guidance.metrics.prdc import (bootstrap_indicator_std, bootstrap_sample_coverage_std, kth_neighbour_radii,
+                                   manifold_indicators, prdc)
 from guidance.metrics.reference import cache_key, cache_path, load_or_extract
 
 # ------------------------------------------------------------------------------------------------- FID
@@ -145,11 +146,15 @@ def test_chunked_precision_recall_equals_torch_fidelity():
 
 def test_chunk_size_does_not_change_results():
     s, r = _random_sets(seed=6)
-    base = manifold_indicators(s, r, chunk=10000)
+    base, base_pairs = manifold_indicators(s, r, chunk=10000, return_pairs=True)
+    base_std = bootstrap_sample_coverage_std(base_pairs, len(s), len(r), 20, np.random.default_rng(0))
     for chunk in (1, 7, 64, 333):
-        other = manifold_indicators(s, r, chunk=chunk)
+        other, pairs = manifold_indicators(s, r, chunk=chunk, return_pairs=True)
         for k in base:
             assert torch.equal(base[k], other[k]), (k, chunk)
+        for k in base_pairs:
+            assert all(np.array_equal(a, b) for a, b in zip(base_pairs[k], pairs[k])), (k, chunk)
+        assert bootstrap_sample_coverage_std(pairs, len(s), len(r), 20, np.random.default_rng(0)) == base_std
 
 
 def test_density_coverage_match_brute_force_definition():
@@ -174,6 +179,53 @@ def test_indicator_bootstrap_matches_binomial_std():
     phat = ind["precision"].double().mean().item()
     # Std of a bootstrap std from B=500 resamples is ~1/sqrt(2B) = 3% relative: allow 15%.
     assert std == pytest.approx(math.sqrt(phat * (1 - phat) / n), rel=0.15)
+
+
+def _dense_sample_bootstrap(s, r, k_prc, k_dc, draws):
+    """Recall / coverage of each resample of the samples, from full distance matrices (fine at this size).
+
+    As in bootstrap_sample_coverage_std, sample radii r_i are those of the full sample set."""
+    s, r = s.double().numpy(), r.double().numpy()
+    d_ss = np.linalg.norm(s[:, None] - s[None], axis=-1)
+    d_rr = np.linalg.norm(r[:, None] - r[None], axis=-1)
+    d_rs = np.linalg.norm(r[:, None] - s[None], axis=-1)  # M x N
+    s_radii, r_radii = np.sort(d_ss, axis=1)[:, k_prc], np.sort(d_rr, axis=1)[:, k_dc]
+    recall, coverage = [], []
+    for draw in draws:
+        d = d_rs[:, draw]  # duplicates are harmless for "is any drawn sample close enough"
+        recall.append((d <= s_radii[draw][None]).any(axis=1).mean())
+        coverage.append((d <= r_radii[:, None]).any(axis=1).mean())
+    return {"recall": np.array(recall), "coverage": np.array(coverage)}
+
+
+def test_sample_bootstrap_equals_dense_brute_force_for_the_same_draws():
+    s, r = _random_sets(seed=8, n=120, m=150, d=4)
+    B, k_prc, k_dc = 200, 3, 5
+    _, pairs = manifold_indicators(s, r, k_prc, k_dc, chunk=50, return_pairs=True)
+    got = bootstrap_sample_coverage_std(pairs, len(s), len(r), B, np.random.default_rng(3))
+    # The documented draw: one [B, N] array of sample indices from the generator, shared by both metrics.
+    dense = _dense_sample_bootstrap(s, r, k_prc, k_dc, np.random.default_rng(3).integers(0, len(s), size=(B, len(s))))
+    for name in ("recall", "coverage"):
+        assert 0 < dense[name].std() and got[name] == pytest.approx(dense[name].std(ddof=1), rel=1e-12), name
+
+
+def test_recall_spread_resamples_the_samples():
+    # References: two far-apart clusters of 200. Samples: 300 in cluster A, only 5 in cluster B, so recall on
+    # B hinges on whether those 5 are drawn. Resampling the per-reference indicators (samples held fixed)
+    # misses that; resampling the samples must match a brute-force bootstrap with its own independent draws.
+    g = torch.Generator().manual_seed(10)
+    far = torch.tensor([100.0, 0.0])
+    r = torch.cat([torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g) + far])
+    s = torch.cat([torch.randn(300, 2, generator=g), torch.randn(5, 2, generator=g) + far])
+    ind, pairs = manifold_indicators(s, r, return_pairs=True)
+    assert 0.6 < ind["recall"].double().mean() < 0.9  # A fully recalled, B partly
+    B = 1000
+    std = bootstrap_sample_coverage_std(pairs, len(s), len(r), B, np.random.default_rng(0))["recall"]
+    held_fixed = bootstrap_indicator_std({"recall": ind["recall"]}, B, np.random.default_rng(0))["recall"]
+    dense = _dense_sample_bootstrap(s, r, 3, 5, np.random.default_rng(1).integers(0, len(s), size=(B, len(s))))
+    assert std > 2 * held_fixed
+    # Two independent B=1000 estimates of one std: ~2-3% apart for this skewed statistic; allow 15%.
+    assert std == pytest.approx(dense["recall"].std(ddof=1), rel=0.15)
 
 
 # ------------------------------------------------------------------------------------------------- compute_metrics

@@ -26,7 +26,7 @@ from guidance.io import atomic_write_json
 from guidance.metrics import extractors as ext
 from guidance.metrics.features import extract_features
 from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
-from guidance.metrics.prdc import bootstrap_indicator_std, manifold_indicators
+from guidance.metrics.prdc import bootstrap_indicator_std, bootstrap_sample_coverage_std, manifold_indicators
 from guidance.metrics.reference import cache_key, load_or_extract
 
 # Values used when a caller passes a partial metrics config (conf/metrics/*.yaml hold the same fields).
@@ -225,10 +225,14 @@ def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, 
     # P&R (k=3) and D&C (k=5): our chunked k-NN, equal to torch-fidelity's prc (tested) without N x M memory.
     s, r = sample_feats[layers["prc"]], ref_feats[layers["prc"]]
     with tqdm(total=2 * n + m, desc="k-NN manifolds", unit="rows", leave=False, disable=not c["progress"]) as bar:
-        ind = manifold_indicators(s, r, c["k_prc"], c["k_dc"], c["knn_chunk"], bar)
+        ind, pairs = manifold_indicators(s, r, c["k_prc"], c["k_dc"], c["knn_chunk"], bar, return_pairs=True)
     out.update({k: float(v.double().mean()) for k, v in ind.items()})
     if B > 1:
-        out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(ind, B, rng).items()})
+        # All four spreads resample the samples: precision/density through their per-sample indicators,
+        # recall/coverage through the covering pairs (per-reference indicators would hold the samples fixed).
+        per_sample = {k: ind[k] for k in ("precision", "density")}
+        out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(per_sample, B, rng).items()})
+        out.update({f"{k}_std": v for k, v in bootstrap_sample_coverage_std(pairs, len(s), len(r), B, rng).items()})
 
     if c["per_class"]:
         out["per_class"] = per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c)
