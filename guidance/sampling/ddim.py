@@ -10,26 +10,19 @@ when clip_denoised), and ε re-derived from that x̂_0, so the update stays cons
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from guidance.guiders.base import check_scale
-from guidance.sampling.ddpm import check_inputs
+from guidance.sampling.base import Sampler
 
 
-class DDIMSampler:
+class DDIMSampler(Sampler):
     name = "ddim"
 
     def __init__(self, diffusion, eta: float = 0.0, clip_denoised: bool = True):
-        self.diffusion = diffusion
+        super().__init__(diffusion, clip_denoised)
         self.eta = check_scale(eta, "sampler.eta")
-        self.clip_denoised = bool(clip_denoised)
-
-    @property
-    def steps(self) -> int:
-        return self.diffusion.num_timesteps
 
     def step(self, model, guider, x, i: int, y, rng):
         d = self.diffusion
@@ -50,11 +43,3 @@ class DDIMSampler:
         if i == 0 or sigma == 0:
             return x_prev
         return x_prev + sigma * rng.randn(x.shape[1:]).to(x.dtype)
-
-    @torch.no_grad()
-    def sample(self, model, guider, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
-        """shape = [B, C, H, W]; y = target labels [B]; rng = PerImageRNG (or anything with randn(shape))."""
-        x = check_inputs(shape, y, rng)
-        for i in tqdm(range(self.steps)[::-1], desc=f"{self.name} eta={self.eta:g}", disable=not progress, leave=False):
-            x = self.step(model, guider, x, i, y, rng)
-        return x

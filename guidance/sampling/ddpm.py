@@ -6,25 +6,13 @@ no noise at the last step.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-from tqdm.auto import tqdm
 
-from guidance.errors import GuidanceError
+from guidance.sampling.base import Sampler
 
 
-class DDPMSampler:
+class DDPMSampler(Sampler):
     name = "ddpm"
-    eta = None
-
-    def __init__(self, diffusion, clip_denoised: bool = True):
-        self.diffusion = diffusion
-        self.clip_denoised = bool(clip_denoised)
-
-    @property
-    def steps(self) -> int:
-        return self.diffusion.num_timesteps
 
     def step(self, model, guider, x, i: int, y, rng):
         d = self.diffusion
@@ -35,20 +23,3 @@ class DDPMSampler:
         if i == 0:
             return mean
         return mean + torch.exp(0.5 * out["log_variance"]) * rng.randn(x.shape[1:]).to(x.dtype)
-
-    @torch.no_grad()
-    def sample(self, model, guider, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
-        """shape = [B, C, H, W]; y = target labels [B]; rng = PerImageRNG (or anything with randn(shape))."""
-        x = check_inputs(shape, y, rng)
-        for i in tqdm(range(self.steps)[::-1], desc=self.name, disable=not progress, leave=False):
-            x = self.step(model, guider, x, i, y, rng)
-        return x
-
-
-def check_inputs(shape, y, rng) -> torch.Tensor:
-    """Validate the batch and draw the initial noise x_T (first draw of every image's stream)."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or shape[0] != len(y) or len(rng) != shape[0]:
-        raise GuidanceError(f"sample shape {shape}, {len(y)} labels and {len(rng)} random streams must agree on the "
-                            "batch size; pass shape=[B, C, H, W] with one label and one stream per image")
-    return rng.randn(shape[1:])
