@@ -19,11 +19,13 @@ from pathlib import Path
 import hydra
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from guidance.apps.common import CONF_DIR, one_line_errors
 from guidance.errors import GuidanceError
+from guidance.guiders import GUIDERS
 
 # Config groups the study shares with the training app.
 TRAIN_GROUPS = ("data", "model", "classifier", "diffusion", "training", "logger")
@@ -94,7 +96,14 @@ def sweep_points(cfg: DictConfig) -> list[dict]:
     """Expand study.sweep ({guidance, conditional, scales}) into one dict per point, named for its folder."""
     points = []
     for entry in cfg.study.sweep:
+        try:
+            takes_scale = "scale" in compose(config_name="sample", overrides=[f"guidance={entry.guidance}"]).guidance
+        except HydraException as e:
+            raise GuidanceError(f"study.sweep: unknown guidance '{entry.guidance}' "
+                                f"(strategies: {', '.join(sorted(GUIDERS))})") from e
         for scale in entry.scales:
+            if not takes_scale and float(scale) != 0:  # `none` has no scale: its points are the scale-0 baselines
+                raise GuidanceError(f"study.sweep: guidance={entry.guidance} takes no scale; list it with scales: [0]")
             model = "cond" if entry.get("conditional", True) else "uncond"
             points.append({"guidance": entry.guidance, "conditional": bool(entry.get("conditional", True)),
                            "scale": float(scale), "name": f"{entry.guidance}-{model}-s{float(scale):g}"})
@@ -113,10 +122,8 @@ def sample_config(cfg: DictConfig, point: dict, models: dict[str, Path], sweep_n
         scfg.num_samples, scfg.batch_size, scfg.seed, scfg.labels = s.num_samples, s.batch_size, s.seed, s.labels
         scfg.device, scfg.sweep_name = cfg.device, sweep_name
         scfg.sampler.respacing = s.respacing
-        if "scale" in scfg.guidance:  # `none` has no scale: its points are the scale-0 baselines
+        if "scale" in scfg.guidance:
             scfg.guidance.scale = point["scale"]
-        elif point["scale"] != 0:
-            raise GuidanceError(f"study.sweep: guidance={point['guidance']} takes no scale; list it with scales: [0]")
         if "conditional" in scfg.guidance:
             scfg.guidance.conditional = point["conditional"]
     return scfg
@@ -129,18 +136,22 @@ def metrics_config(cfg: DictConfig, evaluator: Path) -> DictConfig:
     return m
 
 
+def sweep_name_of(cfg: DictConfig) -> str:
+    """One wandb group per study: its sample runs and the tradeoff summary run."""
+    return f"{cfg.data.name}-{cfg.study.name}"
+
+
 def point_done(folder: Path) -> bool:
     metrics, samples = folder / "metrics.json", folder / "samples.npz"
     return metrics.is_file() and samples.is_file() and metrics.stat().st_mtime >= samples.stat().st_mtime
 
 
-def run_sweep(cfg: DictConfig, out_dir: Path, models: dict[str, Path], evaluator: Path) -> Path:
+def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path) -> Path:
     """Stage 3: sample + evaluate every point; finished points (metrics.json newer than samples) are skipped."""
     from guidance.apps.sample import run_sample
     from guidance.metrics.evaluate import evaluate_folder
 
-    sweep_dir, sweep_name = out_dir / "sweep", f"{cfg.data.name}-{cfg.study.name}"
-    points = sweep_points(cfg)
+    sweep_dir, sweep_name = out_dir / "sweep", sweep_name_of(cfg)
     todo = [p for p in points if not point_done(sweep_dir / p["name"])]
     tqdm.write(f"[sweep] {len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run "
                f"({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} {cfg.study.respacing})")
@@ -166,10 +177,11 @@ def main(cfg: DictConfig) -> None:
     t0 = time.time()
     stages = ["models", "evaluator", "sweep", "report"]
     tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})")
+    points = sweep_points(cfg)  # a bad sweep spec fails before any training
     models = ensure_models(cfg, out_dir)
     evaluator = ensure_evaluator(cfg)
-    sweep_dir = run_sweep(cfg, out_dir, models, evaluator)
-    paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger)
+    sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator)
+    paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger, name=sweep_name_of(cfg))
     tqdm.write(f"[report] {paths['md']}\n[report] plots in {Path(paths['fid_vs_scale']).parent}")
     tqdm.write(f"guidance-main: done in {(time.time() - t0) / 60:.1f} min")
 

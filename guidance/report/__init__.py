@@ -23,10 +23,15 @@ __all__ = ["METRICS", "Point", "Sweep", "Table", "build_report", "build_tables",
 
 
 def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, logger_cfg=None,
-                 progress: bool = True) -> dict[str, Path]:
-    """Aggregate the sweep below `sweep_dir` into `out_dir` (default <sweep_dir>/report); returns name -> path."""
+                 progress: bool = True, name: str | None = None) -> dict[str, Path]:
+    """Aggregate the sweep below `sweep_dir` into `out_dir` (default <sweep_dir>/report); returns name -> path.
+
+    `name` (the sweep's wandb group and plot titles) defaults to multirun.yaml's sweep_name, else the folder name.
+    """
     out_dir = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
     sweep = collect_sweep(sweep_dir, exclude=[out_dir], progress=progress)
+    if name:
+        sweep.name = name
     tables = build_tables(sweep)
     csv_text = to_csv(tables)
     paths = {

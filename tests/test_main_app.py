@@ -1,0 +1,54 @@
+"""guidance-main end to end on fake data: train -> evaluator -> sweep -> report, then a rerun that reuses it all."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _run_main(tmp_path, root, *extra):
+    cmd = [sys.executable, "-m", "guidance.apps.main", "study=debug", "pretrained_dir=null", f"data.root={root}",
+           "logger=none", f"out_dir={tmp_path / 'study'}", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+
+
+def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, tmp_path):
+    first = _run_main(tmp_path, fake_fashion_mnist.root)
+    assert first.returncode == 0, first.stderr[-2000:]
+    study = tmp_path / "study"
+    assert (study / "train" / "unet.pt").is_file() and (study / "train" / "classifier.pt").is_file()
+    assert (tmp_path / "runs" / "evaluator" / "fashion_mnist" / "evaluator.pt").is_file()
+    points = ["none-cond-s0", "classifier-uncond-s1", "cfg-cond-s1"]
+    for p in points:
+        assert (study / "sweep" / p / "samples.npz").is_file() and (study / "sweep" / p / "metrics.json").is_file()
+    rows = list(csv.DictReader((study / "report" / "tradeoff.csv").open()))
+    assert {(r["strategy"], r["model"]) for r in rows} >= {("none", "conditional"), ("classifier", "unconditional"),
+                                                          ("cfg", "conditional")}
+    assert all(r["status"] == "ok" and float(r["fid"]) >= 0 for r in rows)
+    assert all((study / "report" / "plots" / f"{n}.png").is_file()
+               for n in ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids"))
+
+    stamps = {p: (study / "sweep" / p / "samples.npz").stat().st_mtime_ns for p in points}
+    again = _run_main(tmp_path, fake_fashion_mnist.root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    out = again.stdout + again.stderr
+    assert "3 already finished, 0 to run" in out and "[evaluator] reusing" in out
+    assert stamps == {p: (study / "sweep" / p / "samples.npz").stat().st_mtime_ns for p in points}
+
+
+def test_main_job_rejects_a_scale_on_the_unguided_strategy(fake_fashion_mnist, tmp_path):
+    res = _run_main(tmp_path, fake_fashion_mnist.root, "study.sweep=[{guidance: none, conditional: true, scales: [2]}]")
+    assert res.returncode == 2 and not (tmp_path / "study" / "train").exists()  # refused before training
+    assert res.stderr.strip().splitlines()[-1].startswith("error: study.sweep: guidance=none takes no scale")
+
+
+def test_main_job_names_an_unknown_strategy_in_one_line(fake_fashion_mnist, tmp_path):
+    res = _run_main(tmp_path, fake_fashion_mnist.root, "study.sweep=[{guidance: magic, scales: [1]}]")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == ("error: study.sweep: unknown guidance 'magic' "
+                                                   "(strategies: cfg, cfg_classifier, classifier, none)")
