@@ -312,9 +312,9 @@ def test_real_fashion_mnist_fid_orders_degradations(tmp_path):
     from guidance.data import load_images
     from guidance.metrics.evaluate import evaluate_samples
 
-    ckpt = Path(__file__).resolve().parents[1] / "runs/evaluator/fashion_mnist/evaluator.pt"
+    ckpt = Path(__file__).resolve().parents[1] / "pretrained/fashion_mnist/cpu/evaluator.pt"  # the shipped one
     if not ckpt.is_file():
-        pytest.skip(f"{ckpt} missing: run guidance-train-evaluator first")
+        pytest.skip(f"{ckpt} missing: train one with guidance-train-evaluator and copy it there")
     test_images, test_labels = load_images("fashion_mnist", "test")
     cfg = {"extractor": "evaluator", "evaluator_checkpoint": str(ckpt), "cache_dir": str(tmp_path), "bootstrap": 0,
            "num_reference": 20000,  # a fixed-seed 20k subset of train keeps the k-NN passes to ~a minute
