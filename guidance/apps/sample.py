@@ -22,10 +22,11 @@ from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
+from guidance.apps.common import CONF_DIR, init_wandb, log_images, one_line_errors, to_container
 from guidance.data import to_uint8
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
+from guidance.grids import save_label_grid
 from guidance.io import atomic_save_npz, atomic_write_json
 from guidance.sampling import LABEL_MODES, PerImageRNG
 from guidance.training.checkpoint import load_snapshot
@@ -50,27 +51,6 @@ def check_compatible(unet_meta: dict, clf_meta: dict) -> None:
         if u.get(key) != c.get(key):
             raise GuidanceError(f"U-Net {unet_meta['path']} has {key}={u.get(key)} but classifier {clf_meta['path']} "
                                 f"has {key}={c.get(key)}; pass a classifier_ckpt trained on the same data")
-
-
-def make_grid_png(images: torch.Tensor, labels: torch.Tensor, path: Path, max_images: int = 64) -> None:
-    """The first images sorted by label, with each class label drawn in its cell's corner."""
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
-
-    images, labels = images[:max_images], labels[:max_images]
-    order = torch.argsort(labels, stable=True)
-    images, labels = images[order], labels[order]
-    zoom = max(1, 64 // images.shape[-1])  # small images get upscaled so the labels stay readable
-    images = images.repeat_interleave(zoom, -1).repeat_interleave(zoom, -2)
-    nrow, pad = 8, 2
-    grid = make_grid(images, nrow=nrow, padding=pad)  # uint8 [3, H, W]
-    img = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    draw, side = ImageDraw.Draw(img), images.shape[-1] + pad
-    for n, y in enumerate(labels.tolist()):
-        x0, y0 = (n % nrow) * side + pad, (n // nrow) * side + pad
-        draw.rectangle([x0, y0, x0 + 7 * len(str(y)) + 2, y0 + 11], fill=(0, 0, 0))
-        draw.text((x0 + 1, y0), str(y), fill=(255, 255, 0))
-    img.save(path)
 
 
 def build(node: DictConfig, **kwargs):
@@ -158,20 +138,18 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
         grid_images = images.repeat(1, 3, 1, 1)
     else:
         grid_images = images[:, :3]
-    make_grid_png(grid_images, labels, out_dir / "grid.png")
+    save_label_grid(grid_images, labels, out_dir / "grid.png")
     info["wall_time_s"] = round(time.time() - t0, 3)
     info["device"] = str(device)
     atomic_save_npz(npz, arr_0=images.permute(0, 2, 3, 1).numpy(), arr_1=labels.numpy().astype(np.int64))
     atomic_write_json(info, info_path)  # written last: its presence marks a finished job
 
-    if cfg.logger.get("mode") != "disabled":
-        import wandb
-
-        run = init_wandb(cfg.logger, job_type="sample", config=to_container(cfg), group=cfg.sweep_name, dir=out_dir)
-        run.log({"grid": wandb.Image(str(out_dir / "grid.png")), **{f"info/{k}": v for k, v in info.items()
-                                                                     if isinstance(v, (int, float, str))}})
-        run.summary.update({k: v for k, v in info.items() if isinstance(v, (int, float, str))})
-        run.finish()
+    run = init_wandb(cfg.logger, job_type="sample", config=to_container(cfg), group=cfg.sweep_name, dir=out_dir)
+    scalars = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+    log_images(run, {"grid": out_dir / "grid.png"}, step=0)
+    run.log({f"info/{k}": v for k, v in scalars.items()}, step=0)
+    run.summary.update(scalars)
+    run.finish()
     print(f"wrote {npz} ({n} samples, {guider!r}, {sampler.name} {sampler.steps} steps, {info['wall_time_s']}s)")
     return npz
 

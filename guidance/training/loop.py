@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from guidance.apps.common import init_wandb, log_images
 from guidance.data import load_dataset, to_model_range, to_uint8
 from guidance.errors import GuidanceError
-from guidance.io import _atomic_write
+from guidance.grids import save_label_grid
 from guidance.training import distributed
 from guidance.training.checkpoint import load_training_state, save_snapshot, save_training_state
 from guidance.training.ema import EMA
@@ -150,8 +151,6 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
     amp = bool(cfg.get("amp", False)) and device.type == "cuda"
     wandb_run = None
     if env.is_main:
-        from guidance.apps.common import init_wandb
-
         wandb_run = init_wandb(cfg.logger, job_type="train", config=resolved, name=run_dir.name, dir=run_dir)
         n_params = {r: sum(p.numel() for p in m.parameters()) for r, m in models.items()}
         log.info("training %s on %s (%d process(es)), params %s, %d images", "+".join(roles), device,
@@ -223,9 +222,7 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
         if "unet" in models and t_cfg.sample_every and step % t_cfg.sample_every == 0 and env.is_main:
             png = _sample_grid(cfg, models["unet"], emas.get("unet"), run_dir, step, device)
             log.info("step %d: sample grid %s", step, png)
-            import wandb
-
-            wandb_run.log({"samples": wandb.Image(str(png))}, step=step)
+            log_images(wandb_run, {"samples": png}, step=step)
             models["unet"].train()
 
         if (t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0) or step == t_cfg.total_steps:
@@ -296,9 +293,6 @@ class _Meter:
 def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_dir: Path, step: int,
                  device: torch.device) -> Path:
     """EMA samples, DDIM (eta 0, `sample_respacing` steps), no guidance; one row per class (at most 10 rows)."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
     from guidance.guiders import NoGuidance
     from guidance.sampling import DDIMSampler, PerImageRNG
 
@@ -314,11 +308,8 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
     shape = (len(y), int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
     x = DDIMSampler(diffusion, eta=0.0).sample(model, NoGuidance(null_label=num_classes), shape, y,
                                                PerImageRNG(t_cfg.seed, range(len(y)), device=device))
-    grid = make_grid(to_uint8(x).cpu(), nrow=per_class, padding=2, pad_value=255)  # always 3 channels
-    img = Image.fromarray(grid[0].numpy() if shape[1] == 1 else grid.permute(1, 2, 0).numpy())
-    path = run_dir / "samples" / f"grid_{step:07d}.png"
-    _atomic_write(path, lambda f: img.save(f, format="PNG"))
-    return path
+    return save_label_grid(to_uint8(x), y, run_dir / "samples" / f"grid_{step:07d}.png", nrow=per_class,
+                           max_images=len(y))
 
 
 def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, carried) -> None:
