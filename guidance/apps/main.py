@@ -27,6 +27,7 @@ from guidance.apps.common import CONF_DIR, one_line_errors
 from guidance.errors import GuidanceError
 from guidance.guiders import GUIDERS
 
+REPO_ROOT = Path(CONF_DIR).resolve().parent
 # Config groups the study shares with the training app.
 TRAIN_GROUPS = ("data", "model", "classifier", "diffusion", "training", "logger")
 
@@ -44,10 +45,13 @@ def _compose_like(config_name: str, cfg: DictConfig, groups: tuple[str, ...]) ->
 
 
 def _pretrained(cfg: DictConfig, name: str) -> Path | None:
+    """A shipped snapshot: `pretrained_dir` as given (relative to the launch folder), else inside the repository."""
     if not cfg.pretrained_dir:
         return None
-    path = Path(hydra.utils.to_absolute_path(cfg.pretrained_dir)) / name
-    return path if path.is_file() else None
+    for folder in (Path(hydra.utils.to_absolute_path(cfg.pretrained_dir)), REPO_ROOT / cfg.pretrained_dir):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def ensure_models(cfg: DictConfig, out_dir: Path) -> dict[str, Path]:
@@ -58,6 +62,9 @@ def ensure_models(cfg: DictConfig, out_dir: Path) -> dict[str, Path]:
         return {"unet": unet, "classifier": clf}
     from guidance.training.loop import train
 
+    if cfg.pretrained_dir:
+        tqdm.write(f"[models] no unet.pt + classifier.pt in pretrained_dir={cfg.pretrained_dir}: training instead "
+                   "(hours on a CPU; set pretrained_dir=null to silence this note)")
     run_dir = out_dir / "train"
     train_cfg = _compose_like("train", cfg, TRAIN_GROUPS)
     with open_dict(train_cfg):
