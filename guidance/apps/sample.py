@@ -103,12 +103,13 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     sampler = build(sampler_cfg, diffusion=diffusion)
 
     mc = unet_meta["model_config"]
-    cost = guider.cost()
+    cost = guider.cost()  # per step (cfg_interval: a step inside its interval); per sample counts the real chain
     info = {**guider.info(), "guider": to_container(cfg.guidance), "sampler": sampler.name, "steps": sampler.steps,
             "respacing": str(cfg.sampler.respacing), "eta": getattr(sampler, "eta", None),
             "clip_denoised": sampler.clip_denoised, "num_samples": int(cfg.num_samples), "seed": int(cfg.seed),
             "labels": cfg.labels, "use_ema": bool(cfg.use_ema), "num_classes": num_classes,
-            "cost_per_step": cost.as_dict(), "cost_per_sample": cost.times(sampler.steps).as_dict(),
+            "cost_per_step": cost.as_dict(),
+            "cost_per_sample": guider.cost_over(diffusion.timestep_map.tolist()).as_dict(),
             "unet_ckpt": unet_path, "unet_step": unet_meta["step"],
             "classifier_ckpt": clf_meta["path"] if clf_meta else None,
             "classifier_step": clf_meta["step"] if clf_meta else None}

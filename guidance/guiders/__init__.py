@@ -9,13 +9,15 @@ from __future__ import annotations
 from guidance.errors import GuidanceError
 from guidance.guiders.base import GuidanceCost, Guider, check_scale, classifier_grad
 from guidance.guiders.cfg import ClassifierFreeGuidance
+from guidance.guiders.cfg_interval import CFGIntervalGuidance
 from guidance.guiders.cfg_classifier import CFGClassifierGuidance
 from guidance.guiders.classifier import ClassifierGuidance
 from guidance.guiders.none import NoGuidance
 from guidance.guiders.scales import cfg_w_to_classifier_scale, cfg_w_to_guidance_scale, guidance_scale_to_cfg_w
 
 GUIDERS: dict[str, type[Guider]] = {
-    cls.name: cls for cls in (NoGuidance, ClassifierGuidance, ClassifierFreeGuidance, CFGClassifierGuidance)
+    cls.name: cls for cls in (NoGuidance, ClassifierGuidance, ClassifierFreeGuidance, CFGClassifierGuidance,
+                            CFGIntervalGuidance)
 }
 
 
@@ -32,6 +34,6 @@ def build_guider(name: str, **fields) -> Guider:
 
 __all__ = [
     "GUIDERS", "GuidanceCost", "Guider", "NoGuidance", "ClassifierGuidance", "ClassifierFreeGuidance",
-    "CFGClassifierGuidance", "build_guider", "guider_class", "check_scale", "classifier_grad",
+    "CFGClassifierGuidance", "CFGIntervalGuidance", "build_guider", "guider_class", "check_scale", "classifier_grad",
     "cfg_w_to_guidance_scale", "guidance_scale_to_cfg_w", "cfg_w_to_classifier_scale",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,11 @@ class Guider:
 
     def cost(self) -> GuidanceCost:
         return GuidanceCost(nfe=1)
+
+    def cost_over(self, timesteps: Sequence[int]) -> GuidanceCost:
+        """Cost per image of a whole chain over these ORIGINAL timesteps (strategies whose cost varies per step
+        override this; the default is cost() at every step)."""
+        return self.cost().times(len(timesteps))
 
     # -- helpers -----------------------------------------------------------------------------------------
     def model_labels(self, y: torch.Tensor) -> torch.Tensor:

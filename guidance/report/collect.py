@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from guidance.errors import GuidanceError
 
-STRATEGIES = ("none", "classifier", "cfg", "cfg_classifier")
+STRATEGIES = ("none", "classifier", "cfg", "cfg_interval", "cfg_classifier")
 STRATEGY_ORDER = {name: i for i, name in enumerate(STRATEGIES)}  # row/series order in tables and plots
 MODEL_ORDER = {False: 0, True: 1, None: 2}  # ADM Table 4 lists the unconditional model first
 
@@ -79,14 +79,23 @@ class Point:
 
     @property
     def w(self) -> float | None:
-        """CFG scale of a cfg / cfg_classifier point (cfg_classifier's `scale` is w, `classifier_scale` is s)."""
-        if self.strategy == "cfg":
+        """CFG scale of a cfg / cfg_interval / cfg_classifier point (cfg_classifier's `scale` is w,
+        `classifier_scale` is s)."""
+        if self.strategy in ("cfg", "cfg_interval"):
             return self.scale
         if self.strategy == "none" and self.conditional:
             return 0.0  # the unguided conditional model is CFG at w = 0
         if self.strategy == "cfg_classifier":
             return self.cfg_scale if self.cfg_scale is not None else self.scale
         return None
+
+    @property
+    def interval(self) -> str | None:
+        """"[t_min, t_max]" (original timesteps) of a cfg_interval point, from sample_info; None elsewhere."""
+        lo, hi = self.info.get("t_min"), self.info.get("t_max")
+        if self.strategy != "cfg_interval" or not all(_number(v) is not None for v in (lo, hi)):
+            return None
+        return f"[{lo:g}, {hi:g}]"
 
     @property
     def grid(self) -> Path | None:
@@ -187,7 +196,7 @@ def _fill_from_overrides(p: Point, overrides: dict[str, str]) -> None:
         for key, value in overrides.items():
             if key.endswith("conditional") and value.lower() in ("true", "false"):
                 p.conditional = value.lower() == "true"
-    if p.strategy == "cfg" and p.conditional is None:
+    if p.strategy in ("cfg", "cfg_interval") and p.conditional is None:
         p.conditional = True  # CFG always runs the conditional model
 
 

@@ -27,6 +27,8 @@ PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")
 def series_key(p: Point) -> str:
     if p.strategy == "cfg":
         return "cfg"
+    if p.strategy == "cfg_interval":  # one curve per interval, apart from plain cfg
+        return f"cfg_interval t in {p.interval or '?'}"
     if p.strategy == "cfg_classifier":
         return f"cfg+classifier, w={p.w if p.w is not None else float('nan'):g}"
     return f"{p.strategy or '?'} ({p.model})"
@@ -40,7 +42,8 @@ def x_of(p: Point) -> float | None:
 
 
 def group_series(points: list[Point]) -> dict[str, list[Point]]:
-    """Series in table order (none, classifier, cfg, cfg_classifier; unconditional first), points by scale."""
+    """Series in table order (none, classifier, cfg, cfg_interval, cfg_classifier; unconditional first), points by
+    scale."""
     series: dict[str, list[Point]] = {}
     for p in points:
         series.setdefault(series_key(p), []).append(p)

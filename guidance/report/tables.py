@@ -4,6 +4,8 @@ Table kinds (each emitted only when the sweep has points of it):
   classifier      ADM Table 4 (Dhariwal & Nichol 2021): rows model (unconditional, conditional) x guidance
                   (none, classifier) x scale s; FID, sFID, IS, Precision, Recall, NFE and classifier passes per sample.
   cfg             Ho & Salimans 2022 Table 1: one row per w; FID, sFID, IS, Precision, Recall, NFE per sample.
+  cfg_interval    CFG in a limited interval of timesteps (Kynkäänniemi et al. 2024): as cfg, one row per (w, interval)
+                  (its NFE per sample counts only the guided steps double).
   cfg_classifier  CFG + classifier guidance: one row per (w, s).
 Points whose strategy is unknown (failed before writing anything Hydra could tell) go at the end of the first table.
 
@@ -22,12 +24,15 @@ from guidance.report.collect import METRICS, MODEL_ORDER, OK, STRATEGY_ORDER, Po
 
 DASH = "–"  # missing value
 PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; csv carries all METRICS
+CFG_KINDS = ("cfg", "cfg_interval")  # one row per w, no classifier columns
 
 KINDS = {
     "classifier": dict(title="Classifier guidance (ADM Table 4 layout)", strategies=("none", "classifier")),
     # w = 0 of CFG is the unguided conditional model: its `none` point heads the CFG table.
     "cfg": dict(title="Classifier-free guidance (Ho & Salimans 2022 layout)", strategies=("none", "cfg"),
                 conditional_only=True),
+    "cfg_interval": dict(title="CFG in a limited interval (Kynkäänniemi et al. 2024)",
+                         strategies=("none", "cfg_interval"), conditional_only=True),
     "cfg_classifier": dict(title="Classifier-free + classifier guidance", strategies=("cfg_classifier",)),
 }
 
@@ -92,7 +97,7 @@ def build_tables(sweep: Sweep) -> list[Table]:
     for kind, spec in KINDS.items():
         rows = sorted((p for p in sweep.points if p.strategy in spec["strategies"]
                        and (p.conditional or not spec.get("conditional_only"))), key=_sort_key)
-        if spec.get("conditional_only") and any(p.strategy == "cfg" and p.w == 0 for p in rows):
+        if spec.get("conditional_only") and any(p.strategy != "none" and p.w == 0 for p in rows):
             rows = [p for p in rows if p.strategy != "none"]  # the sweep ran w = 0 itself
         if not any(p.strategy != "none" for p in rows):  # a baseline alone makes no CFG table
             continue
@@ -116,6 +121,8 @@ def build_tables(sweep: Sweep) -> list[Table]:
 
 def _scale_cells(t: Table, p: Point) -> list[str]:
     g = lambda x: DASH if x is None else f"{x:g}"
+    if t.kind == "cfg_interval":
+        return [g(p.scale), p.interval or DASH]
     if t.kind == "cfg":
         return [g(p.scale)]
     if t.kind == "cfg_classifier":
@@ -124,20 +131,20 @@ def _scale_cells(t: Table, p: Point) -> list[str]:
 
 
 def _key_headers(t: Table) -> list[str]:
-    return {"cfg": ["w"], "cfg_classifier": ["w", "s"]}.get(t.kind, ["Model", "Guidance", "Scale s"])
+    return {"cfg": ["w"], "cfg_interval": ["w", "Interval t"], "cfg_classifier": ["w", "s"]}.get(t.kind, ["Model", "Guidance", "Scale s"])
 
 
 def _cost_cells(t: Table, p: Point) -> list[str]:
     g = lambda x: DASH if x is None else f"{x:g}"
     cells = [g(p.nfe)]
-    if t.kind != "cfg":
+    if t.kind not in CFG_KINDS:
         cells.append(DASH if p.classifier_forward is None and p.classifier_backward is None
                      else f"{g(p.classifier_forward)}/{g(p.classifier_backward)}")
     return cells
 
 
 def _cost_headers(t: Table) -> list[str]:
-    return ["NFE/sample"] + ([] if t.kind == "cfg" else ["Classifier fwd/bwd per sample"])
+    return ["NFE/sample"] + ([] if t.kind in CFG_KINDS else ["Classifier fwd/bwd per sample"])
 
 
 def _metric_cell(p: Point, metric: str, pm: str, bold) -> str:
@@ -237,7 +244,8 @@ def csv_columns() -> list[str]:
 def to_csv(tables: list[Table]) -> str:
     """One long CSV over all tables (a `table` column tells which); missing numbers are empty cells.
 
-    `scale` is the point's own scale; `cfg_scale` is w for cfg and cfg_classifier rows, `classifier_scale` s.
+    `scale` is the point's own scale; `cfg_scale` is w for cfg, cfg_interval and cfg_classifier rows,
+    `classifier_scale` s.
     """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
