@@ -7,7 +7,7 @@ import torch
 
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
-from guidance.guiders import (GUIDERS, CFGClassifierGuidance, ClassifierFreeGuidance, ClassifierGuidance, GuidanceCost,
+from guidance.guiders import (GUIDERS, CFGClassifierGuidance, CFGIntervalGuidance, ClassifierFreeGuidance, ClassifierGuidance, GuidanceCost,
                               NoGuidance, build_guider, cfg_w_to_classifier_scale, cfg_w_to_guidance_scale,
                               guidance_scale_to_cfg_w)
 from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler
@@ -35,7 +35,7 @@ def noisy_batch(n=256, seed=0):
 
 def test_registry_and_costs(bed):
     _, clf = bed
-    assert set(GUIDERS) == {"none", "classifier", "cfg", "cfg_classifier"}
+    assert set(GUIDERS) == {"none", "classifier", "cfg", "cfg_classifier", "cfg_interval"}
     assert build_guider("none", null_label=K).cost() == GuidanceCost(1, 0, 0)
     assert build_guider("cfg", scale=0, null_label=K).cost() == GuidanceCost(1, 0, 0)   # null pass skipped
     assert build_guider("cfg", scale=2, null_label=K).cost() == GuidanceCost(2, 0, 0)
@@ -165,3 +165,55 @@ def test_larger_scale_moves_samples_toward_the_class_mode(strategy):
     for a, b in zip(dists, dists[1:]):  # paired samples (same seeds): the mean decrease must beat its noise
         diff = a - b
         assert diff.mean() > 4 * diff.std() / math.sqrt(n), [float(d.mean()) for d in dists]
+
+
+# ---- CFG in a limited interval (Kynkäänniemi et al. 2024) ----
+
+def test_cfg_interval_outside_is_conditional_inside_is_cfg(bed):
+    model, _ = bed
+    x, _, y, _ = noisy_batch(64)
+    w, g = 2.0, CFGIntervalGuidance(2.0, t_min=200, t_max=600, null_label=K)
+    cfg = ClassifierFreeGuidance(w, null_label=K)
+    assert (cfg.model_output(model, x, torch.full_like(y, 700), y) - model(x, torch.full_like(y, 700), y)).abs().max() > 0.01
+    for t_out in (0, 199, 601, 999):  # outside: the conditional model exactly, one forward, no null pass
+        t = torch.full_like(y, t_out)
+        net = CountingNet(model)
+        assert torch.equal(g.model_output(net, x, t, y), model(x, t, y)) and net.calls == [64]
+    for t_in in (200, 400, 600):  # inside (both ends inclusive): CFG exactly, one batched forward
+        t = torch.full_like(y, t_in)
+        net = CountingNet(model)
+        assert torch.equal(g.model_output(net, x, t, y), cfg.model_output(model, x, t, y)) and net.calls == [128]
+    # A batch mixing both: each image gets its own rule (masking).
+    t = torch.where(torch.arange(64) % 2 == 0, 400, 800)
+    out, inside = g.model_output(model, x, t, y), t == 400
+    torch.testing.assert_close(out[inside], cfg.model_output(model, x, t, y)[inside], rtol=0, atol=1e-6)
+    assert torch.equal(out[~inside], model(x, t, y)[~inside])
+    assert torch.equal(CFGIntervalGuidance(0.0, null_label=K).model_output(model, x, t, y), model(x, t, y))
+
+
+def test_cfg_interval_cost_over_counts_the_steps_inside(bed):
+    g = build_guider("cfg_interval", scale=1.5, t_min=150, t_max=600, null_label=K)
+    assert g.cost() == GuidanceCost(2, 0, 0)  # a step inside the interval
+    d = create_diffusion(T, timestep_respacing="ddim10")
+    ts = d.timestep_map.tolist()
+    assert ts == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
+    assert g.cost_over(ts) == GuidanceCost(10 + 5, 0, 0)  # 200..600 inside, t_max inclusive
+    assert CFGIntervalGuidance(1.0, t_min=0, t_max=0, null_label=K).cost_over(ts) == GuidanceCost(11, 0, 0)
+    assert CFGIntervalGuidance(1.0, t_min=0, t_max=999, null_label=K).cost_over(ts) == GuidanceCost(20, 0, 0)
+    assert CFGIntervalGuidance(0.0, t_min=0, t_max=999, null_label=K).cost_over(ts) == GuidanceCost(10, 0, 0)
+    # Everyone else: cost() at every step.
+    assert ClassifierFreeGuidance(2.0, null_label=K).cost_over(ts) == GuidanceCost(20, 0, 0)
+    assert build_guider("classifier", scale=1, classifier=bed[1]).cost_over(ts) == GuidanceCost(10, 10, 10)
+    # The count matches the forwards a sampler really runs.
+    net, s = CountingNet(bed[0]), DDIMSampler(d, clip_denoised=False)
+    s.sample(net, g, (4, 2, 1, 1), torch.arange(4) % K, BatchRNG(0, 4))
+    assert sum(net.calls) == 4 * g.cost_over(ts).nfe
+
+
+@pytest.mark.parametrize("t_min,t_max", [(600, 200), (-1, 500), (0, -5), (float("nan"), 500), ("a", 5)])
+def test_cfg_interval_bad_interval_is_one_line_guidance_error(t_min, t_max):
+    with pytest.raises(GuidanceError) as e:
+        CFGIntervalGuidance(1.0, t_min=t_min, t_max=t_max, null_label=K)
+    assert "\n" not in str(e.value)
+    with pytest.raises(GuidanceError):
+        CFGIntervalGuidance(1.0, null_label=None)

@@ -382,3 +382,25 @@ def test_cfg_table_takes_the_conditional_baseline_as_w0(tmp_path):
     cfg_rows = [(p.strategy, p.w, p.value("fid")) for p in tables["cfg"].rows]
     assert cfg_rows == [("none", 0.0, 10.0), ("cfg", 1.0, 8.0)]
     assert "| 0 | 10.00" in to_markdown([tables["cfg"]])
+
+
+def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
+    """cfg_interval rows: their own table (w and interval columns), headed by the conditional baseline as w = 0."""
+    root = tmp_path / "sweep"
+    _write_point(root / "none-cond", [], _info("none", 0.0, True, 1, 0), {"fid": 10.0}, CFG_COLOUR)
+    _write_point(root / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 8.0}, CFG_COLOUR)
+    for w, fid in ((2.0, 6.0), (1.0, 7.0)):
+        info = {**_info("cfg_interval", w, True, 2, 0), "t_min": 0, "t_max": 600,
+                "cost_per_sample": dict(nfe=40, classifier_forward=0, classifier_backward=0)}
+        _write_point(root / f"cfg_interval-{w:g}", [], info, {"fid": fid}, CFG_COLOUR)
+    tables = {t.kind: t for t in build_tables(collect_sweep(root, progress=False))}
+    assert set(tables) == {"cfg", "cfg_interval"}
+    rows = [(p.strategy, p.w, p.value("fid"), p.nfe) for p in tables["cfg_interval"].rows]
+    assert rows == [("none", 0.0, 10.0, 25.0), ("cfg_interval", 1.0, 7.0, 40.0), ("cfg_interval", 2.0, 6.0, 40.0)]
+    assert [p.strategy for p in tables["cfg"].rows] == ["none", "cfg"]
+    md = to_markdown([tables["cfg_interval"]])
+    assert "CFG in a limited interval (Kynkäänniemi et al. 2024)" in md
+    assert "| w | Interval t | FID" in md and "| 2 | [0, 600] | **6.00** |" in md and "| 0 | – | 10.00" in md
+    csv_rows = list(csv.DictReader(io.StringIO(to_csv([tables["cfg_interval"]]))))
+    assert [(r["table"], r["cfg_scale"]) for r in csv_rows] == [("cfg_interval", "0.0"), ("cfg_interval", "1.0"),
+                                                                ("cfg_interval", "2.0")]
