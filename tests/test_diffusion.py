@@ -162,12 +162,13 @@ def test_fixed_variances():
     x = torch.randn(4, 1, 2, 2)
     small = GaussianDiffusion(b, "fixed_small").p_mean_variance(torch.zeros_like(x), x, t)
     large = GaussianDiffusion(b, "fixed_large").p_mean_variance(torch.zeros_like(x), x, t)
-    exp_small = [bt(1), bt(1), bt(42), bt(99)]  # t = 0 clipped to β̃ of step 2
+    exp_small = [0.0, bt(1), bt(42), bt(99)]  # β̃_0 = 0 (ADM): no guidance shift on the last step
+    log_small = np.log([bt(1), bt(1), bt(42), bt(99)])  # its log clipped to β̃ of step 2
     exp_large = [bt(1), b[1], b[42], b[99]]
-    for out, exp in ((small, exp_small), (large, exp_large)):
+    for out, exp, log_exp in ((small, exp_small, log_small), (large, exp_large, np.log(exp_large))):
         v = out["variance"][:, 0, 0, 0].double()
-        assert torch.allclose(v, torch.tensor(exp), rtol=1e-5)
-        assert torch.allclose(out["log_variance"][:, 0, 0, 0].double(), torch.tensor(np.log(exp)), rtol=1e-5)
+        assert torch.allclose(v, torch.tensor(exp, dtype=torch.float64), rtol=1e-5, atol=0)
+        assert torch.allclose(out["log_variance"][:, 0, 0, 0].double(), torch.tensor(log_exp), rtol=1e-5)
 
 
 def test_learned_range_endpoints_and_midpoint():

@@ -37,8 +37,18 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     again = _run_main(tmp_path, fake_fashion_mnist.root)
     assert again.returncode == 0, again.stderr[-2000:]
     out = again.stdout + again.stderr
-    assert "3 already finished, 0 to run" in out and "[evaluator] reusing" in out
+    assert "3 already evaluated with these metrics settings" in out and "[evaluator] reusing" in out
     assert stamps == {p: (study / "sweep" / p / "samples.npz").stat().st_mtime_ns for p in points}
+
+    # Changed sampling settings must not reuse stale points: new samples, new metrics.
+    metrics_stamp = (study / "sweep" / points[0] / "metrics.json").stat().st_mtime_ns
+    third = _run_main(tmp_path, fake_fashion_mnist.root, "study.num_samples=10", "study.sweep=[{guidance: none, "
+                      "conditional: true, scales: [0]}]")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert (study / "sweep" / points[0] / "samples.npz").stat().st_mtime_ns != stamps[points[0]]
+    assert (study / "sweep" / points[0] / "metrics.json").stat().st_mtime_ns != metrics_stamp
+    import json
+    assert json.loads((study / "sweep" / points[0] / "metrics.json").read_text())["num_samples"] == 10
 
 
 def test_main_job_rejects_a_scale_on_the_unguided_strategy(fake_fashion_mnist, tmp_path):
@@ -51,4 +61,17 @@ def test_main_job_names_an_unknown_strategy_in_one_line(fake_fashion_mnist, tmp_
     res = _run_main(tmp_path, fake_fashion_mnist.root, "study.sweep=[{guidance: magic, scales: [1]}]")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == ("error: study.sweep: unknown guidance 'magic' "
-                                                   "(strategies: cfg, cfg_classifier, classifier, none)")
+                                                   "(strategies: cfg, cfg_classifier, cfg_interval, classifier, none)")
+
+
+def test_shipped_snapshots_are_not_reused_for_another_architecture(fake_fashion_mnist, tmp_path):
+    """pretrained_dir holds adm_tiny snapshots; asking for other model settings must not silently reuse them."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "pretrained" / "fashion_mnist" / "cpu"
+    if not (shipped / "unet.pt").is_file():
+        pytest.skip("no shipped snapshots in this checkout")
+    res = _run_main(tmp_path, fake_fashion_mnist.root, f"pretrained_dir={shipped}", "model.model_channels=64")
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "model_channels: 32 -> 64" in last and "pretrained_dir=null" in last

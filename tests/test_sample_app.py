@@ -129,7 +129,8 @@ def test_experiment_presets_compose(ckpts):
 @pytest.mark.parametrize("overrides,needle", [
     (["guidance=classifier", "classifier_ckpt=null"], "needs a noise-aware classifier"),
     (["guidance=classifier", "classifier_ckpt=/nonexistent/classifier.pt"], "/nonexistent/classifier.pt"),
-    (["guidance=cfg", "guidance.scale=nan"], "not finite"),
+    (["guidance=cfg", "guidance.scale=nan"], "must be finite"),
+    (["guidance=cfg", "guidance.scale=abc"], "must be a number"),
     (["guidance=classifier", "guidance.scale=-1"], ">= 0"),
 ])
 def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):
@@ -142,7 +143,7 @@ def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):
 @pytest.mark.parametrize("overrides,needle,code", [
     (["guidance=nope"], "guidance/nope", 1),
     (["guidance=classifier", "classifier_ckpt=null"], "needs a noise-aware classifier", 2),
-    (["guidance=cfg", "guidance.scale=nan"], "not finite", 2),
+    (["guidance=cfg", "guidance.scale=nan"], "must be finite", 2),
     (["guidance=classifier", "classifier_ckpt=BAD"], "num_classes=3", 2),
     (["guidance=cfg", "guidance.scale=-1"], ">= 0", 2),
 ])

@@ -13,6 +13,8 @@ their primary configs with Hydra's compose API, so a point of this study equals 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from guidance.apps.common import CONF_DIR, one_line_errors
 from guidance.errors import GuidanceError
 from guidance.guiders import GUIDERS
+from guidance.io import atomic_write_json
 
 REPO_ROOT = Path(CONF_DIR).resolve().parent
 # Config groups the study shares with the training app.
@@ -54,10 +57,30 @@ def _pretrained(cfg: DictConfig, name: str) -> Path | None:
     return None
 
 
+def check_snapshot_matches(path: Path, cfg: DictConfig, groups: tuple[str, ...]) -> None:
+    """Shipped snapshots are reused only for the configuration they were trained with: no silent substitution."""
+    import torch
+
+    from guidance.training.checkpoint import config_diff
+
+    snap = torch.load(path, map_location="cpu", weights_only=False)
+    stored = {"model": snap.get("model_config"), "classifier": snap.get("model_config"),
+              "diffusion": snap.get("diffusion_config")}
+    for g in groups:
+        ignore = {"timestep_respacing"} if g == "diffusion" else set()
+        diff = [d for d in config_diff(stored[g], OmegaConf.to_container(cfg[g], resolve=True))
+                if d.split(":")[0] not in ignore]
+        if diff:
+            raise GuidanceError(f"{path} was trained with other {g} settings ({'; '.join(diff[:3])}); "
+                                "set pretrained_dir=null to train this configuration")
+
+
 def ensure_models(cfg: DictConfig, out_dir: Path) -> dict[str, Path]:
     """Stage 1: the U-Net and classifier snapshots (shipped, or trained here and resumed when rerun)."""
     unet, clf = _pretrained(cfg, "unet.pt"), _pretrained(cfg, "classifier.pt")
     if unet and clf:
+        check_snapshot_matches(unet, cfg, ("model", "diffusion"))
+        check_snapshot_matches(clf, cfg, ("classifier",))
         tqdm.write(f"[models] reusing shipped snapshots {unet} and {clf}")
         return {"unet": unet, "classifier": clf}
     from guidance.training.loop import train
@@ -148,28 +171,48 @@ def sweep_name_of(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{cfg.study.name}"
 
 
-def point_done(folder: Path) -> bool:
-    metrics, samples = folder / "metrics.json", folder / "samples.npz"
-    return metrics.is_file() and samples.is_file() and metrics.stat().st_mtime >= samples.stat().st_mtime
+def evaluation_current(folder: Path, settings: dict) -> bool:
+    """metrics.json exists, is newer than the samples, and was made with these metrics settings."""
+    metrics, samples, used = folder / "metrics.json", folder / "samples.npz", folder / "metrics_settings.json"
+    if not (metrics.is_file() and samples.is_file() and used.is_file()):
+        return False
+    return metrics.stat().st_mtime >= samples.stat().st_mtime and json.loads(used.read_text()) == settings
+
+
+def metrics_settings(m_cfg: DictConfig) -> dict:
+    """What a point's metrics depend on: the metrics config and the extractor weights' hash."""
+    settings = OmegaConf.to_container(m_cfg, resolve=True)
+    for key in ("progress", "device", "batch_size", "knn_chunk", "cache_dir"):  # speed/location only
+        settings.pop(key, None)
+    ckpt = settings.get("evaluator_checkpoint") if settings.get("extractor") == "evaluator" else None
+    if ckpt:
+        settings["evaluator_sha256"] = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    return settings
 
 
 def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path) -> Path:
-    """Stage 3: sample + evaluate every point; finished points (metrics.json newer than samples) are skipped."""
+    """Stage 3: sample + evaluate every point. Samples are reused when their sampling settings match
+    (run_sample checks), metrics when they are newer than the samples and made with the same metrics settings."""
     from guidance.apps.sample import run_sample
     from guidance.metrics.evaluate import evaluate_folder
 
     sweep_dir, sweep_name = out_dir / "sweep", sweep_name_of(cfg)
-    todo = [p for p in points if not point_done(sweep_dir / p["name"])]
-    tqdm.write(f"[sweep] {len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run "
-               f"({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} {cfg.study.respacing})")
     m_cfg = metrics_config(cfg, evaluator)
-    with tqdm(todo, desc="sweep", unit="point") as bar:
+    settings = metrics_settings(m_cfg)
+    evaluated = sum(evaluation_current(sweep_dir / p["name"], settings) for p in points)
+    tqdm.write(f"[sweep] {len(points)} points, {evaluated} already evaluated with these metrics settings "
+               f"({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} {cfg.study.respacing}); "
+               "samples are reused where their sampling settings match")
+    with tqdm(points, desc="sweep", unit="point") as bar:
         for p in bar:
             bar.set_postfix_str(p["name"])
             folder = sweep_dir / p["name"]
             t0 = time.time()
-            run_sample(sample_config(cfg, p, models, sweep_name), folder)
+            run_sample(sample_config(cfg, p, models, sweep_name), folder)  # skips when its samples match
+            if evaluation_current(folder, settings):
+                continue
             metrics = evaluate_folder(folder, m_cfg, cfg.data)
+            atomic_write_json(settings, folder / "metrics_settings.json")
             tqdm.write(f"[sweep] {p['name']}: FID {metrics['fid']:.2f}  precision {metrics['precision']:.3f}  "
                        f"recall {metrics['recall']:.3f}  ({time.time() - t0:.0f}s)")
     return sweep_dir

@@ -10,7 +10,6 @@ A job whose samples.npz exists with matching sample_info.json is skipped (resume
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from guidance.apps.common import CONF_DIR, init_wandb, log_images, one_line_erro
 from guidance.data import to_uint8
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
+from guidance.guiders.base import check_scale
 from guidance.grids import save_label_grid
 from guidance.io import atomic_save_npz, atomic_write_json
 from guidance.sampling import LABEL_MODES, PerImageRNG
@@ -73,12 +73,12 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     t0 = time.time()
     if cfg.labels not in LABEL_MODES:
         raise GuidanceError(f"labels={cfg.labels} is unknown; use one of {', '.join(LABEL_MODES)}")
-    if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
-        raise GuidanceError("num_samples and batch_size must be positive integers")
+    if not all(isinstance(cfg[k], int) and cfg[k] >= 1 for k in ("num_samples", "batch_size")):
+        raise GuidanceError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be positive integers")
     guider_cls = get_class(cfg.guidance._target_)
     for key in ("scale", "classifier_scale"):  # fail before loading anything
-        if key in cfg.guidance and not math.isfinite(float(cfg.guidance[key])):
-            raise GuidanceError(f"guidance.{key}={cfg.guidance[key]} is not finite; pass a number such as guidance.{key}=1")
+        if key in cfg.guidance:
+            check_scale(cfg.guidance[key], f"guidance.{key}")
     device = pick_device(str(cfg.device))
 
     unet_path = to_absolute_path(cfg.unet_ckpt)
@@ -96,7 +96,10 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
         check_compatible(unet_meta, clf_meta)
     guider = build(cfg.guidance, classifier=classifier, null_label=num_classes)
 
-    dcfg = {k: v for k, v in (unet_meta.get("diffusion_config") or {}).items() if k != "_target_"}
+    if not unet_meta.get("diffusion_config"):
+        raise GuidanceError(f"{unet_path} records no diffusion_config (noise schedule); re-save it with "
+                            "guidance.training.save_snapshot(..., diffusion_config=...)")
+    dcfg = {k: v for k, v in unet_meta["diffusion_config"].items() if k != "_target_"}
     dcfg["timestep_respacing"] = cfg.sampler.respacing
     diffusion = create_diffusion(**dcfg)
     sampler_cfg = OmegaConf.masked_copy(cfg.sampler, [k for k in cfg.sampler if k != "respacing"])

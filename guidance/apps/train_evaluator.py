@@ -36,6 +36,8 @@ def train_evaluator(cfg: DictConfig) -> dict:
     from guidance.data import load_dataset
     from guidance.training.checkpoint import save_snapshot
 
+    if not all(isinstance(cfg[k], int) and cfg[k] >= 1 for k in ("epochs", "batch_size")):
+        raise GuidanceError(f"epochs={cfg.epochs} and batch_size={cfg.batch_size} must be positive integers")
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))

@@ -64,14 +64,15 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         self.log_betas = np.log(betas)
 
-        # Fixed reverse variances (DDPM sec. 3.2). fixed_small: σ² = β̃_t, its zero at t = 0 clipped like its
-        # log, so variance = e^log_variance everywhere. fixed_large: σ² = β_t, with β̃ of step 2 at t = 0
-        # (ADM: a better decoder likelihood than β_1).
+        # Fixed reverse variances (DDPM sec. 3.2). fixed_small: σ² = β̃_t, exactly 0 at t = 0 (as ADM, so classifier
+        # guidance's mean shift sΣ∇log p vanishes on the last step) with the log clipped to stay finite.
+        # fixed_large: σ² = β_t, with β̃ of step 2 at t = 0 (ADM: a better decoder likelihood than β_1).
         if model_var_type == "fixed_large":
             self.model_variance = np.append(self.posterior_variance[1] if T > 1 else betas[0], betas[1:])
+            self.model_log_variance = np.log(self.model_variance)
         else:
-            self.model_variance = np.exp(self.posterior_log_variance_clipped)
-        self.model_log_variance = np.log(self.model_variance)
+            self.model_variance = self.posterior_variance
+            self.model_log_variance = self.posterior_log_variance_clipped
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(num_timesteps={self.num_timesteps}, model_var_type={self.model_var_type!r}, "
