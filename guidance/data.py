@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from guidance.errors import GuidanceError
+from guidance.io import atomic_write_stream
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +209,11 @@ def _torchvision_root_for(name: str, folder: Path) -> Path | None:
         dst = raw / base
         if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
-        tmp = raw / f".{base}.tmp"  # several processes may stage at once: rename into place atomically
+        # Several processes (torchrun ranks) may stage at once: each writes its own temp file and renames it
+        # into place atomically, so a reader never sees a half-written IDX file.
         opener = gzip.open if src.suffix == ".gz" else open
-        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        os.replace(tmp, dst)
+        with opener(src, "rb") as fin:
+            atomic_write_stream(fin, dst)
     return staged_root
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -38,6 +39,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_stream(source: BinaryIO, path: str | os.PathLike) -> Path:
+    """Copy a readable binary stream (e.g. a gzip file) into `path` atomically."""
+    return _atomic_write(path, lambda f: shutil.copyfileobj(source, f))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:

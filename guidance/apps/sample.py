@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from guidance.apps.common import CONF_DIR, init_wandb, log_images, one_line_errors, to_container
 from guidance.data import to_uint8
+from guidance.device import resolve_device
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
 from guidance.guiders.base import check_scale
@@ -35,14 +36,6 @@ from guidance.training.checkpoint import load_snapshot
 # change the samples: per-image seeds).
 MATCH_KEYS = ("strategy", "guider", "sampler", "steps", "respacing", "eta", "clip_denoised", "num_samples", "seed",
               "labels", "use_ema", "unet_ckpt", "unet_step", "classifier_ckpt", "classifier_step")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GuidanceError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def check_compatible(unet_meta: dict, clf_meta: dict) -> None:
@@ -79,7 +72,7 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     for key in ("scale", "classifier_scale"):  # fail before loading anything
         if key in cfg.guidance:
             check_scale(cfg.guidance[key], f"guidance.{key}")
-    device = pick_device(str(cfg.device))
+    device = resolve_device(cfg.device)
 
     unet_path = to_absolute_path(cfg.unet_ckpt)
     unet, unet_meta = load_snapshot(unet_path, role="unet", map_location=device, use_ema=bool(cfg.use_ema))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
+from guidance.device import resolve_device
 from guidance.errors import GuidanceError
 
 
@@ -39,8 +40,7 @@ def train_evaluator(cfg: DictConfig) -> dict:
     if not all(isinstance(cfg[k], int) and cfg[k] >= 1 for k in ("epochs", "batch_size")):
         raise GuidanceError(f"epochs={cfg.epochs} and batch_size={cfg.batch_size} must be positive integers")
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     data_cfg = to_container(cfg.data)
     x_train, y_train = load_dataset(data_cfg, "train")
     x_test, y_test = load_dataset(data_cfg, "test")

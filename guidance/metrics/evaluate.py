@@ -21,6 +21,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from tqdm.auto import tqdm
 
+from guidance.device import resolve_device
 from guidance.errors import GuidanceError
 from guidance.io import atomic_write_json
 from guidance.metrics import extractors as ext
@@ -67,12 +68,6 @@ def metrics_config(cfg) -> dict:
         raise GuidanceError(f"unknown metrics option(s) {sorted(unknown)}: known are {sorted(DEFAULTS)}")
     ext.layers_for(c["extractor"])  # validates the name
     return c
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------- input files

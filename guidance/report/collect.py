@@ -59,7 +59,6 @@ class Point:
     strategy: str | None = None
     scale: float | None = None
     classifier_scale: float | None = None  # cfg_classifier only: s
-    cfg_scale: float | None = None         # cfg_classifier only, if recorded apart from `scale`: w
     conditional: bool | None = None
     sampler: str | None = None
     steps: int | None = None
@@ -81,12 +80,10 @@ class Point:
     def w(self) -> float | None:
         """CFG scale of a cfg / cfg_interval / cfg_classifier point (cfg_classifier's `scale` is w,
         `classifier_scale` is s)."""
-        if self.strategy in ("cfg", "cfg_interval"):
+        if self.strategy in ("cfg", "cfg_interval", "cfg_classifier"):  # cfg_classifier: scale = w, classifier_scale = s
             return self.scale
         if self.strategy == "none" and self.conditional:
             return 0.0  # the unguided conditional model is CFG at w = 0
-        if self.strategy == "cfg_classifier":
-            return self.cfg_scale if self.cfg_scale is not None else self.scale
         return None
 
     @property
@@ -168,7 +165,6 @@ def _fill_from_info(p: Point, info: dict) -> None:
     p.strategy = info.get("strategy")
     p.scale = _number(info.get("scale"))
     p.classifier_scale = _number(info.get("classifier_scale"))
-    p.cfg_scale = _number(info.get("cfg_scale"))
     cond = info.get("conditional")
     p.conditional = cond if isinstance(cond, bool) else None
     p.sampler = info.get("sampler")
@@ -191,7 +187,6 @@ def _fill_from_overrides(p: Point, overrides: dict[str, str]) -> None:
     p.strategy = p.strategy or overrides.get("guidance")
     p.scale = p.scale if p.scale is not None else num("guidance.scale")
     p.classifier_scale = p.classifier_scale if p.classifier_scale is not None else num("guidance.classifier_scale")
-    p.cfg_scale = p.cfg_scale if p.cfg_scale is not None else num("guidance.cfg_scale")
     if p.conditional is None:
         for key, value in overrides.items():
             if key.endswith("conditional") and value.lower() in ("true", "false"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from guidance.errors import GuidanceError
+from guidance.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -25,21 +25,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> cuda (this rank's GPU) if available, else cpu; anything else is taken as a torch device."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise GuidanceError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:<index>") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GuidanceError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 def setup(device: str = "auto") -> DistEnv:
