@@ -37,7 +37,7 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     again = _run_main(tmp_path, fake_fashion_mnist.root)
     assert again.returncode == 0, again.stderr[-2000:]
     out = again.stdout + again.stderr
-    assert "3 already evaluated with these metrics settings" in out and "[evaluator] reusing" in out
+    assert "3 of 3 points were already evaluated with these settings" in out and "[evaluator] reusing" in out
     assert stamps == {p: (study / "sweep" / p / "samples.npz").stat().st_mtime_ns for p in points}
 
     # Changed sampling settings must not reuse stale points: new samples, new metrics.

@@ -154,3 +154,32 @@ def test_bad_input_cli_one_line(ckpts, tmp_path, overrides, needle, code):
     assert needle in r.stderr
     if code == 2:  # our GuidanceError: exactly one line, no traceback
         assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr
+
+
+def test_sweep_with_evaluate_writes_one_metrics_json_per_point(ckpts, tmp_path):
+    """`evaluate=true` chains guidance-evaluate into each job: -m over scales ends with metrics.json per point,
+    and a rerun reuses both samples and metrics."""
+    from guidance.nn.evaluator import EvaluatorNet
+
+    ev_cfg = {"_target_": "guidance.nn.evaluator.EvaluatorNet", "image_size": SIZE, "in_channels": CH,
+              "num_classes": K, "channels": [4, 8, 8], "feature_dim": 8, "spatial_channels": 2, "dropout": 0.0}
+    torch.manual_seed(0)
+    ev = save_snapshot(tmp_path / "ev.pt", "evaluator", EvaluatorNet(**{k: v for k, v in ev_cfg.items()
+                                                                       if k != "_target_"}), ev_cfg, step=0)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, size=(30, SIZE, SIZE, CH), dtype=np.uint8),
+             arr_1=rng.integers(0, K, size=30))
+    args = ["-m", "guidance=cfg", "guidance.scale=0,1", "sweep_name=ev", f"hydra.sweep.dir={tmp_path}/sw",
+            "evaluate=true", f"reference_npz={tmp_path / 'ref.npz'}", f"metrics.evaluator_checkpoint={ev}",
+            f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.kid_subsets=3", "metrics.kid_subset_size=4",
+            "metrics.isc_splits=2", "metrics.bootstrap=2", "metrics.progress=false", *common(ckpts, tmp_path)]
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p.parent for p in (tmp_path / "sw").glob("*/samples.npz"))
+    assert len(jobs) == 2 and not any("evaluate" in j.name for j in jobs)
+    for job in jobs:
+        m = json.loads((job / "metrics.json").read_text())
+        assert m["num_samples"] == 8 and m["num_reference"] == 30 and m["extractor"] == "evaluator"
+        assert np.isfinite(m["fid"]) and 0 <= m["precision"] <= 1
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("is up to date; skipping evaluation") == 2

@@ -13,8 +13,6 @@ their primary configs with Hydra's compose API, so a point of this study equals 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from tqdm import tqdm
 from guidance.apps.common import CONF_DIR, one_line_errors
 from guidance.errors import GuidanceError
 from guidance.guiders import GUIDERS
-from guidance.io import atomic_write_json
 
 REPO_ROOT = Path(CONF_DIR).resolve().parent
 # Config groups the study shares with the training app.
@@ -171,50 +168,30 @@ def sweep_name_of(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{cfg.study.name}"
 
 
-def evaluation_current(folder: Path, settings: dict) -> bool:
-    """metrics.json exists, is newer than the samples, and was made with these metrics settings."""
-    metrics, samples, used = folder / "metrics.json", folder / "samples.npz", folder / "metrics_settings.json"
-    if not (metrics.is_file() and samples.is_file() and used.is_file()):
-        return False
-    return metrics.stat().st_mtime >= samples.stat().st_mtime and json.loads(used.read_text()) == settings
-
-
-def metrics_settings(m_cfg: DictConfig) -> dict:
-    """What a point's metrics depend on: the metrics config and the extractor weights' hash."""
-    settings = OmegaConf.to_container(m_cfg, resolve=True)
-    for key in ("progress", "device", "batch_size", "knn_chunk", "cache_dir"):  # speed/location only
-        settings.pop(key, None)
-    ckpt = settings.get("evaluator_checkpoint") if settings.get("extractor") == "evaluator" else None
-    if ckpt:
-        settings["evaluator_sha256"] = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
-    return settings
-
-
 def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path) -> Path:
     """Stage 3: sample + evaluate every point. Samples are reused when their sampling settings match
     (run_sample checks), metrics when they are newer than the samples and made with the same metrics settings."""
     from guidance.apps.sample import run_sample
-    from guidance.metrics.evaluate import evaluate_folder
+    from guidance.metrics.evaluate import evaluate_folder_if_stale
 
     sweep_dir, sweep_name = out_dir / "sweep", sweep_name_of(cfg)
     m_cfg = metrics_config(cfg, evaluator)
-    settings = metrics_settings(m_cfg)
-    evaluated = sum(evaluation_current(sweep_dir / p["name"], settings) for p in points)
-    tqdm.write(f"[sweep] {len(points)} points, {evaluated} already evaluated with these metrics settings "
-               f"({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} {cfg.study.respacing}); "
-               "samples are reused where their sampling settings match")
+    tqdm.write(f"[sweep] {len(points)} points ({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} "
+               f"{cfg.study.respacing}); samples and metrics are reused where their settings match")
+    reused = 0
     with tqdm(points, desc="sweep", unit="point") as bar:
         for p in bar:
             bar.set_postfix_str(p["name"])
             folder = sweep_dir / p["name"]
             t0 = time.time()
             run_sample(sample_config(cfg, p, models, sweep_name), folder)  # skips when its samples match
-            if evaluation_current(folder, settings):
+            metrics = evaluate_folder_if_stale(folder, m_cfg, cfg.data)
+            if metrics is None:
+                reused += 1
                 continue
-            metrics = evaluate_folder(folder, m_cfg, cfg.data)
-            atomic_write_json(settings, folder / "metrics_settings.json")
             tqdm.write(f"[sweep] {p['name']}: FID {metrics['fid']:.2f}  precision {metrics['precision']:.3f}  "
                        f"recall {metrics['recall']:.3f}  ({time.time() - t0:.0f}s)")
+    tqdm.write(f"[sweep] {reused} of {len(points)} points were already evaluated with these settings")
     return sweep_dir
 
 

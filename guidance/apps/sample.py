@@ -10,6 +10,7 @@ A job whose samples.npz exists with matching sample_info.json is skipped (resume
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -107,11 +108,11 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
             "cost_per_step": cost.as_dict(),
             "cost_per_sample": guider.cost_over(diffusion.timestep_map.tolist()).as_dict(),
             "unet_ckpt": unet_path, "unet_step": unet_meta["step"],
+            "dataset": (unet_meta.get("data_config") or {}).get("name"),
             "classifier_ckpt": clf_meta["path"] if clf_meta else None,
             "classifier_step": clf_meta["step"] if clf_meta else None}
     npz, info_path = out_dir / "samples.npz", out_dir / "sample_info.json"
     if npz.exists() and info_path.exists():
-        import json
 
         old = json.loads(info_path.read_text())
         if all(old.get(k) == info.get(k) for k in MATCH_KEYS):
@@ -154,7 +155,26 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    run_sample(cfg, HydraConfig.get().runtime.output_dir)
+    npz = run_sample(cfg, HydraConfig.get().runtime.output_dir)
+    if cfg.evaluate:
+        evaluate_point(cfg, npz)
+
+
+def evaluate_point(cfg: DictConfig, npz: Path) -> None:
+    """Chain guidance-evaluate into a sampling job, so `-m` over scales ends with one metrics.json per point."""
+    from guidance.metrics.evaluate import evaluate_folder_if_stale
+
+    reference = to_absolute_path(cfg.reference_npz) if cfg.reference_npz else None
+    trained_on = json.loads((npz.parent / "sample_info.json").read_text()).get("dataset")
+    if reference is None and trained_on and trained_on != cfg.data.name:
+        raise GuidanceError(f"the U-Net was trained on {trained_on} but data={cfg.data.name}: pass data={trained_on} "
+                            "(the reference set) or reference_npz=PATH")
+    metrics = evaluate_folder_if_stale(npz.parent, cfg.metrics, cfg.data, reference)
+    if metrics is None:
+        print(f"{npz.parent / 'metrics.json'} is up to date; skipping evaluation")
+    else:
+        print(f"metrics: FID {metrics['fid']:.3f}  precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}"
+              f"  -> {npz.parent / 'metrics.json'}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ FID / KID / IS / P&R go through torch-fidelity's feature-level functions; we add
 
 from __future__ import annotations
 
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -317,4 +318,33 @@ def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: st
     out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)
     out["samples"] = str(npz)
     atomic_write_json(out, npz.parent / "metrics.json")
+    return out
+
+
+# Settings that only change speed or where files go: they do not make metrics stale.
+_NOT_PROVENANCE = ("progress", "device", "batch_size", "knn_chunk", "cache_dir")
+
+
+def evaluation_settings(cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
+    """What a metrics.json depends on: metrics config, reference (data split or npz) and the evaluator's sha256."""
+    c = {k: v for k, v in metrics_config(cfg_metrics).items() if k not in _NOT_PROVENANCE}
+    data = _as_dict(data_cfg)
+    c["reference"] = str(reference_npz) if reference_npz else {k: data.get(k) for k in ("name", "path", "image_size")}
+    if c.get("extractor") == "evaluator" and c.get("evaluator_checkpoint") and Path(c["evaluator_checkpoint"]).is_file():
+        c["evaluator_sha256"] = ext.sha256_file(c["evaluator_checkpoint"])  # (a missing file fails in evaluate)
+    return c
+
+
+def evaluate_folder_if_stale(folder: str | Path, cfg_metrics, data_cfg,
+                             reference_npz: str | Path | None = None) -> dict | None:
+    """evaluate_folder, unless metrics.json is newer than the samples and was made with the same settings
+    (recorded in metrics_settings.json). Returns the new metrics, or None when the old ones still hold."""
+    npz = find_samples_npz(folder)
+    settings = evaluation_settings(cfg_metrics, data_cfg, reference_npz)
+    metrics, used = npz.parent / "metrics.json", npz.parent / "metrics_settings.json"
+    if (metrics.is_file() and used.is_file() and metrics.stat().st_mtime >= npz.stat().st_mtime
+            and json.loads(used.read_text()) == json.loads(json.dumps(settings))):
+        return None
+    out = evaluate_folder(npz, cfg_metrics, data_cfg, reference_npz)
+    atomic_write_json(settings, used)
     return out
