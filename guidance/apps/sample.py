@@ -132,11 +132,7 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
             bar.update(len(rng))
     images, labels = torch.cat(images), torch.cat(labels)
 
-    if images.shape[1] == 1:
-        grid_images = images.repeat(1, 3, 1, 1)
-    else:
-        grid_images = images[:, :3]
-    save_label_grid(grid_images, labels, out_dir / "grid.png")
+    save_label_grid(images[:, :3], labels, out_dir / "grid.png")  # make_grid turns 1 channel into RGB
     info["wall_time_s"] = round(time.time() - t0, 3)
     info["device"] = str(device)
     atomic_save_npz(npz, arr_0=images.permute(0, 2, 3, 1).numpy(), arr_1=labels.numpy().astype(np.int64))

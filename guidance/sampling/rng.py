@@ -18,10 +18,15 @@ from guidance.errors import GuidanceError
 LABEL_MODES = ("uniform", "balanced")
 
 
-def image_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A well-mixed 63-bit seed from (seed, index, stream), so (0, 1) and (1, 0) never collide."""
-    state = np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(2, dtype=np.uint32)
+def mixed_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers, so (0, 1) and (1, 0) never collide."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def image_seed(seed: int, index: int, stream: int = 0) -> int:
+    """Image `index`'s seed for one stream (noise, labels) of a run seeded `seed`."""
+    return mixed_seed(seed, index, stream)
 
 
 class PerImageRNG:

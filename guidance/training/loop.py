@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -32,6 +31,7 @@ from guidance.apps.common import init_wandb, log_images
 from guidance.data import load_dataset, to_model_range, to_uint8
 from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
+from guidance.sampling.rng import mixed_seed
 from guidance.training import distributed
 from guidance.training.checkpoint import load_training_state, save_snapshot, save_training_state
 from guidance.training.ema import EMA
@@ -39,12 +39,6 @@ from guidance.training.ema import EMA
 log = logging.getLogger(__name__)
 
 ROLES = ("unet", "classifier")
-
-
-def _seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers, so (seed, step) streams never overlap."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -104,7 +98,7 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
     ema_rates = {"unet": t_cfg.ema_rate, "classifier": t_cfg.get("classifier_ema_rate")}
     models, opts, emas = {}, {}, {}
     for role in roles:
-        torch.manual_seed(_seed(t_cfg.seed, 1 << 21, ROLES.index(role)))  # same init on every rank
+        torch.manual_seed(mixed_seed(t_cfg.seed, 1 << 21, ROLES.index(role)))  # same init on every rank
         models[role] = instantiate(model_cfgs[role], _convert_="all").to(device)
         opts[role] = torch.optim.AdamW(models[role].parameters(), lr=lrs[role], weight_decay=wds[role])
         if ema_rates[role] is not None:
@@ -167,13 +161,13 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
         m.train()
     while step < t_cfg.total_steps:
         # Indices: one draw per global batch from (seed, step); each rank takes its own slice of it.
-        g = torch.Generator().manual_seed(_seed(t_cfg.seed, step, 1 << 20))
+        g = torch.Generator().manual_seed(mixed_seed(t_cfg.seed, step, 1 << 20))
         idx = torch.randint(len(images), (t_cfg.batch_size,), generator=g)
         idx = idx[env.rank * local_batch:(env.rank + 1) * local_batch]
         x0 = to_model_range(images[idx].to(device, non_blocking=pin))
         y = labels[idx].to(device, non_blocking=pin)
         # Everything else (t, noise, label dropout, network dropout) from the global RNG reseeded per step/rank.
-        torch.manual_seed(_seed(t_cfg.seed, step, env.rank))
+        torch.manual_seed(mixed_seed(t_cfg.seed, step, env.rank))
 
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
         if "unet" in models:
