@@ -38,6 +38,57 @@ def test_three_sections():
     assert sorted(space_timesteps(100, "1,2")) == [0, 50, 99]
 
 
+def adm_kept(T: int, counts: list[int]) -> set[int]:
+    """guided-diffusion's respace.space_timesteps for section counts, restated: sections of T // len(counts) steps
+    (the first T % len(counts) one longer); per section a float position that starts at 0 and grows by
+    (size − 1)/(count − 1) after each kept step (1 for a count of 1), kept as start + Python round()."""
+    kept, start = set(), 0
+    for i, count in enumerate(counts):
+        size = T // len(counts) + (i < T % len(counts))
+        step = (size - 1) / (count - 1) if count > 1 else 1
+        pos = 0.0
+        for _ in range(count):
+            kept.add(start + round(pos))
+            pos = pos + step
+        start += size
+    return kept
+
+
+def adm_ddim(T: int, n: int) -> set[int] | None:
+    """ADM's "ddimN": the first stride in 1..T-1 giving exactly N steps from range(0, T, stride); None: error."""
+    return next((set(range(0, T, s)) for s in range(1, T) if len(range(0, T, s)) == n), None)
+
+
+def test_every_single_section_count_matches_adm():
+    T = 1000
+    naive = 0
+    for n in range(1, T + 1):
+        assert space_timesteps(T, str(n)) == adm_kept(T, [n]), n
+        stride = (T - 1) / (n - 1) if n > 1 else 1
+        naive += {round(j * stride) for j in range(n)} != adm_kept(T, [n])
+    assert naive > 200  # j * stride really differs from ADM's accumulated position for many counts
+    assert space_timesteps(T, "21") == adm_kept(T, [21]) != {round(j * 999 / 20) for j in range(21)}
+
+
+def test_every_ddim_count_matches_adm():
+    T = 1000
+    for n in range(1, T + 1):
+        want = adm_ddim(T, n)
+        if want is None:
+            with pytest.raises(GuidanceError):
+                space_timesteps(T, f"ddim{n}")
+        else:
+            assert space_timesteps(T, f"ddim{n}") == want, n
+    with pytest.raises(GuidanceError):
+        space_timesteps(T, "ddim1")  # ADM tries strides below T only
+
+
+@pytest.mark.parametrize("counts", [[10, 10, 10], [7, 13], [1, 2, 3, 4], [50, 100, 250], [333, 333, 333], [1, 1000 // 3]])
+def test_multi_section_specs_match_adm(counts):
+    assert space_timesteps(1000, ",".join(map(str, counts))) == adm_kept(1000, counts)
+    assert space_timesteps(250, ",".join(str(min(c, 80)) for c in counts)) == adm_kept(250, [min(c, 80) for c in counts])
+
+
 @pytest.mark.parametrize("spec", ["ddim25", "250", "10,10,10"])
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_respaced_diffusion_keeps_alpha_bar_and_maps_timesteps(spec, schedule):
@@ -62,7 +113,7 @@ def test_respaced_posterior_spans_the_gap():
     assert d.posterior_variance[1] == pytest.approx(expected_var, rel=1e-12)
 
 
-@pytest.mark.parametrize("spec", ["", "ddim", "ddimx", "ddim999", "ddim0", "abc", "10,,10", "0", "10,-1", "1001", "400,400,400",
+@pytest.mark.parametrize("spec", ["", "ddim", "ddimx", "ddim999", "ddim1", "ddim0", "abc", "10,,10", "0", "10,-1", "1001", "400,400,400",
                                   ",".join(["1"] * 1001)])
 def test_invalid_specs(spec):
     with pytest.raises(GuidanceError):

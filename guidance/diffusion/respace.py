@@ -13,11 +13,16 @@ from guidance.errors import GuidanceError
 
 
 def space_timesteps(num_timesteps: int, spec: str | int) -> set[int]:
-    """The original timesteps (0..num_timesteps-1) kept by an ADM respacing spec.
+    """The original timesteps (0..num_timesteps-1) kept by an ADM respacing spec, exactly as guided-diffusion's
+    `respace.space_timesteps` keeps them:
 
-    - "ddimN": a uniform stride starting at 0 that gives exactly N steps (DDIM's spacing).
-    - "K1,K2,...": split 0..T-1 into len(K) nearly equal sections and take K_i evenly spaced steps from
-      section i, including both its ends. "250" is the one-section case.
+    - "ddimN": the smallest stride s in 1..T-1 with len(range(0, T, s)) == N; keep range(0, T, s). (ADM tries
+      strides below T only, so "ddim1" has no stride and is an error, as there.)
+    - "K1,K2,...": split 0..T-1 into len(K) sections of T // len(K) steps, the first T % len(K) one longer; in a
+      section of `size` steps starting at `start`, keep start + round(c) for c = 0, f, f + f, ... (K_i values,
+      f = (size − 1)/(K_i − 1), 1 for K_i = 1). ADM accumulates c by repeated float addition and rounds with
+      Python's round (half to even); both change which step is kept for some counts (e.g. "21"), so we do
+      the same. "250" is the one-section case.
     """
     spec = str(spec).strip()
     fix = "use e.g. '250', '10,10,10' or 'ddim25'"
@@ -26,7 +31,7 @@ def space_timesteps(num_timesteps: int, spec: str | int) -> set[int]:
             want = int(spec[len("ddim"):])
         except ValueError:
             raise GuidanceError(f"bad timestep respacing {spec!r}: 'ddim' must be followed by a step count; {fix}") from None
-        for stride in range(1, num_timesteps + 1):
+        for stride in range(1, num_timesteps):
             steps = range(0, num_timesteps, stride)
             if len(steps) == want:
                 return set(steps)
@@ -48,8 +53,11 @@ def space_timesteps(num_timesteps: int, spec: str | int) -> set[int]:
         size = base + (1 if i < extra else 0)
         if count > size:
             raise GuidanceError(f"bad timestep respacing {spec!r}: section {i} has {size} timesteps, cannot keep {count}")
-        stride = 1.0 if count == 1 else (size - 1) / (count - 1)
-        kept += [start + round(j * stride) for j in range(count)]
+        stride = 1 if count == 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride  # accumulated, not j * stride: ADM's float rounding decides ties
         start += size
     return set(kept)
 
