@@ -116,16 +116,18 @@ def make_testbed(diffusion, mixture: GaussianMixture | None = None):
 def main() -> None:  # a toy: guidance scale vs. distance to the class mean
     from guidance.diffusion import create_diffusion
     from guidance.guiders import ClassifierFreeGuidance, ClassifierGuidance
-    from guidance.sampling import BatchRNG, DDIMSampler
+    from guidance.sampling import BatchRNG, DDIMSampler, GuidedDenoiser
 
-    mixture, model, classifier = make_testbed(create_diffusion(1000))
-    sampler = DDIMSampler(create_diffusion(1000, timestep_respacing="ddim50"), clip_denoised=False)
+    base = create_diffusion(1000)
+    mixture, model, classifier = make_testbed(base)
+    sampler = DDIMSampler(base, "ddim50", clip_denoised=False)
     n, K = 2000, mixture.num_classes
     y = torch.arange(n) % K
     print(f"{'guider':>28}  mean |x - mu_y| / sigma_y   (exact data: {math.sqrt(math.pi / 2):.3f} in 2-d)")
-    for guider in [ClassifierGuidance(s, conditional=False, classifier=classifier, null_label=K) for s in (0, 1, 2, 4)] + \
-                  [ClassifierFreeGuidance(w, null_label=K) for w in (0, 1, 2, 4)]:
-        x = sampler.sample(model, guider, (n, mixture.dim, 1, 1), y, BatchRNG(0, n)).reshape(n, -1).double()
+    for guider in [ClassifierGuidance(s, conditional=False) for s in (0, 1, 2, 4)] + \
+                  [ClassifierFreeGuidance(w) for w in (0, 1, 2, 4)]:
+        denoiser = GuidedDenoiser(guider, {"unet": model, "classifier": classifier}, null_label=K)
+        x = sampler.sample(denoiser, (n, mixture.dim, 1, 1), y, BatchRNG(0, n)).reshape(n, -1).double()
         dist = ((x - mixture.means[y]).norm(dim=1) / mixture.stds[y]).mean()
         print(f"{guider!r:>28}  {dist:.3f}")
 

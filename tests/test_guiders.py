@@ -1,22 +1,26 @@
-"""Guidance strategies: exact identities on the analytic test bed, statistics of guided samples, bad input."""
+"""Guidance strategies on the guided denoiser: exact identities on the analytic test bed, counted cost, ADM's
+update forms by hand, statistics of guided samples, bad input."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
-from guidance.guiders import (GUIDERS, CFGClassifierGuidance, CFGIntervalGuidance, ClassifierFreeGuidance, ClassifierGuidance, GuidanceCost,
-                              NoGuidance, build_guider, cfg_w_to_classifier_scale, cfg_w_to_guidance_scale,
-                              guidance_scale_to_cfg_w)
-from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler
+from guidance.guiders import (GUIDERS, CFGClassifierGuidance, CFGIntervalGuidance, ClassifierFreeGuidance,
+                              ClassifierGuidance, NoGuidance, build_guider, cfg_w_to_classifier_scale,
+                              cfg_w_to_guidance_scale, guidance_scale_to_cfg_w)
+from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler, GuidedDenoiser, HeunSampler, Step
+from guidance.sampling.grid import sigmas_of
 from guidance.testbed import GaussianMixture, make_testbed
 
 T = 1000
 MIX = GaussianMixture(means=[[-2.5, 0.0], [2.5, 0.0], [0.0, 2.5]], stds=[0.6, 0.5, 0.4], weights=[0.5, 0.3, 0.2])
 K = MIX.num_classes
 BASE = create_diffusion(T)
+SIG = sigmas_of(BASE.alphas_cumprod)
 
 
 @pytest.fixture(scope="module")
@@ -25,43 +29,70 @@ def bed():
     return model, classifier
 
 
-def noisy_batch(n=256, seed=0):
+class CountingNet(torch.nn.Module):
+    """Wraps a net; records each forward's batch size; optionally appends fake learned-variance channels."""
+
+    def __init__(self, net, learn_sigma=False):
+        super().__init__()
+        self.net, self.learn_sigma, self.calls = net, learn_sigma, []
+
+    def forward(self, x, t, y=None):
+        self.calls.append(len(x))
+        out = self.net(x, t, y) if y is not None else self.net(x, t)
+        if not self.learn_sigma:
+            return out
+        return torch.cat([out, torch.tanh(x + y.float().reshape(-1, 1, 1, 1) / 10)], dim=1)
+
+
+def den(bed, guider, learn_sigma=False):
+    return GuidedDenoiser(guider, {"unet": CountingNet(bed[0], learn_sigma), "classifier": CountingNet(bed[1])}, K)
+
+
+def noisy_batch(n=256, seed=0, t=None):
     g = torch.Generator().manual_seed(seed)
     x0, y = MIX.sample(n, g)
-    t = torch.randint(0, T, (n,), generator=g)
-    x = BASE.q_sample(x0, t, torch.randn(x0.shape, generator=g))
-    return x, t, y, torch.from_numpy(BASE.alphas_cumprod).float()[t].reshape(-1, 1, 1, 1)
+    t = int(torch.randint(0, T, (1,), generator=g)) if t is None else t
+    x = BASE.q_sample(x0, torch.full((n,), t), torch.randn(x0.shape, generator=g))
+    return x, y, Step(t, float(BASE.alphas_cumprod[t]))
 
 
-def test_registry_and_costs(bed):
-    _, clf = bed
+def exact_eps(bed, x, y, step, null=False):
+    labels = torch.full_like(y, K) if null else y
+    return bed[0](x, torch.full_like(y, step.t), labels)
+
+
+def test_registry_and_counted_costs(bed):
     assert set(GUIDERS) == {"none", "classifier", "cfg", "cfg_classifier", "cfg_interval"}
-    assert build_guider("none", null_label=K).cost() == GuidanceCost(1, 0, 0)
-    assert build_guider("cfg", scale=0, null_label=K).cost() == GuidanceCost(1, 0, 0)   # null pass skipped
-    assert build_guider("cfg", scale=2, null_label=K).cost() == GuidanceCost(2, 0, 0)
-    assert build_guider("classifier", scale=1, classifier=clf).cost() == GuidanceCost(1, 1, 1)
-    assert build_guider("classifier", scale=0, classifier=clf).cost() == GuidanceCost(1, 0, 0)
-    assert build_guider("cfg_classifier", scale=1, classifier_scale=2, classifier=clf, null_label=K).cost() == GuidanceCost(2, 1, 1)
-    assert GuidanceCost(2, 1, 1).times(10) == GuidanceCost(20, 10, 10)
+    x, y, step = noisy_batch(16, t=300)
+    cases = [(build_guider("none"), 1, 0), (build_guider("cfg", scale=0), 1, 0), (build_guider("cfg", scale=2), 2, 0),
+             (build_guider("classifier", scale=1), 1, 1), (build_guider("classifier", scale=0), 1, 0),
+             (build_guider("cfg_classifier", scale=1, classifier_scale=2), 2, 1),
+             (build_guider("cfg_classifier", scale=0, classifier_scale=0), 1, 0)]
+    for g, nfe, clf in cases:
+        d = den(bed, g)
+        d.reset(16)
+        d(x, y, step)
+        assert d.cost_per_sample() == {"nfe": nfe, "classifier_forward": clf, "classifier_backward": clf}, g
+        assert d.networks["unet"].calls == [16 * nfe]  # every requested row in ONE forward
+        assert sum(d.networks["classifier"].calls) == 16 * clf
 
 
 @pytest.mark.parametrize("make", [
-    lambda c: ClassifierGuidance(float("nan"), classifier=c),
-    lambda c: ClassifierGuidance(float("inf"), classifier=c),
-    lambda c: ClassifierGuidance(-1.0, classifier=c),
-    lambda c: ClassifierGuidance(1.0, classifier=None),
-    lambda c: ClassifierFreeGuidance(float("nan"), null_label=K),
-    lambda c: ClassifierFreeGuidance(-0.5, null_label=K),
-    lambda c: ClassifierFreeGuidance("abc", null_label=K),
-    lambda c: ClassifierFreeGuidance(1.0, null_label=None),
-    lambda c: CFGClassifierGuidance(1.0, classifier_scale=float("nan"), classifier=c, null_label=K),
-    lambda c: CFGClassifierGuidance(1.0, classifier_scale=1.0, classifier=None, null_label=K),
-    lambda c: NoGuidance(conditional=False, null_label=None),
+    lambda: ClassifierGuidance(float("nan")), lambda: ClassifierGuidance(float("inf")), lambda: ClassifierGuidance(-1.0),
+    lambda: ClassifierFreeGuidance(float("nan")), lambda: ClassifierFreeGuidance(-0.5), lambda: ClassifierFreeGuidance("abc"),
+    lambda: CFGClassifierGuidance(1.0, classifier_scale=float("nan")),
 ])
-def test_bad_input_is_one_line_guidance_error(bed, make):
+def test_bad_input_is_one_line_guidance_error(make):
     with pytest.raises(GuidanceError) as e:
-        make(bed[1])
+        make()
     assert "\n" not in str(e.value)
+
+
+def test_missing_classifier_is_one_line_error(bed):
+    for g in (ClassifierGuidance(1.0), CFGClassifierGuidance(1.0, 1.0)):
+        with pytest.raises(GuidanceError, match="classifier_ckpt") as e:
+            GuidedDenoiser(g, {"unet": bed[0]}, K)
+        assert "\n" not in str(e.value)
 
 
 def test_scale_converters():
@@ -72,75 +103,81 @@ def test_scale_converters():
     assert cfg_w_to_classifier_scale(2) == 2 and cfg_w_to_classifier_scale(2, conditional=False) == 3
 
 
-def test_cfg_w0_is_the_conditional_model_exactly(bed):
-    model, _ = bed
-    x, t, y, _ = noisy_batch()
-    assert torch.equal(ClassifierFreeGuidance(0.0, null_label=K).model_output(model, x, t, y), model(x, t, y))
-    s = DDIMSampler(create_diffusion(T, timestep_respacing="ddim20"), eta=1.0, clip_denoised=False)
-    y = torch.arange(64) % K
-    a = s.sample(model, ClassifierFreeGuidance(0.0, null_label=K), (64, 2, 1, 1), y, BatchRNG(3, 64))
-    b = s.sample(model, NoGuidance(null_label=K), (64, 2, 1, 1), y, BatchRNG(3, 64))
-    assert torch.equal(a, b)
-
-
-class CountingNet(torch.nn.Module):
-    """Wraps a net; counts forwards; optionally appends fake learned-variance channels (a function of x, t, y)."""
-
-    def __init__(self, net, learn_sigma=False):
-        super().__init__()
-        self.net, self.learn_sigma, self.calls = net, learn_sigma, []
-
-    def forward(self, x, t, y):
-        self.calls.append(len(x))
-        eps = self.net(x, t, y)
-        if not self.learn_sigma:
-            return eps
-        return torch.cat([eps, torch.tanh(x + y.float().reshape(-1, 1, 1, 1) / 10)], dim=1)
-
-
 @pytest.mark.parametrize("learn_sigma", [False, True])
-def test_cfg_one_batched_forward_equals_two_forwards(bed, learn_sigma):
-    net = CountingNet(bed[0], learn_sigma)
-    x, t, y, _ = noisy_batch(64)
+def test_cfg_is_eq6_in_one_batched_forward(bed, learn_sigma):
+    x, y, step = noisy_batch(64, t=500)
     w = 2.5
-    out = ClassifierFreeGuidance(w, null_label=K).model_output(net, x, t, y)
-    assert net.calls == [2 * 64]  # cond and null passes in ONE forward
-    cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, K))
-    torch.testing.assert_close(out[:, :2], (1 + w) * cond[:, :2] - w * uncond[:, :2], rtol=0, atol=1e-6)
-    if learn_sigma:
-        assert torch.equal(out[:, 2:], cond[:, 2:])  # conditional variance channels kept
-    assert out.shape == cond.shape
+    d = den(bed, ClassifierFreeGuidance(w), learn_sigma)
+    pred = d(x, y, step)
+    assert d.networks["unet"].calls == [2 * 64]  # cond and null rows in ONE forward
+    cond, uncond = exact_eps(bed, x, y, step), exact_eps(bed, x, y, step, null=True)
+    torch.testing.assert_close(pred.eps, (1 + w) * cond - w * uncond, rtol=0, atol=1e-6)
+    ab = step.alpha_bar  # x̂0 from the guided ε, DDPM eq. 4 solved for x_0
+    torch.testing.assert_close(pred.x0, (x - math.sqrt(1 - ab) * pred.eps) / math.sqrt(ab), rtol=1e-5, atol=1e-5)
+    if learn_sigma:  # the conditional variance channels are kept
+        torch.testing.assert_close(pred.var_v, torch.tanh(x + y.float().reshape(-1, 1, 1, 1) / 10))
+    assert pred.grad is None
+
+
+def test_cfg_w0_is_the_conditional_model_exactly(bed):
+    x, y, step = noisy_batch()
+    a, b = den(bed, ClassifierFreeGuidance(0.0))(x, y, step), den(bed, NoGuidance())(x, y, step)
+    assert torch.equal(a.eps, b.eps) and torch.equal(a.x0, b.x0)
 
 
 def test_classifier_guidance_s1_on_uncond_is_the_conditional_eps(bed):
     # ADM Alg. 2 with the exact classifier at s = 1: ε_u − sqrt(1−ᾱ)∇log p(y|x_t) = ε_c (Bayes).
-    model, clf = bed
-    x, t, y, ab = noisy_batch()
-    null = torch.full_like(y, K)
-    g = ClassifierGuidance(1.0, conditional=False, classifier=clf, null_label=K)
-    eps = g.condition_eps(g.model_output(model, x, t, y), x, t, y, ab)
-    torch.testing.assert_close(eps, model(x, t, y), rtol=1e-3, atol=1e-3)
-    assert (model(x, t, null) - model(x, t, y)).abs().max() > 0.1  # the guidance really did something
+    for t in (50, 400, 800):
+        x, y, step = noisy_batch(t=t)
+        pred = den(bed, ClassifierGuidance(1.0, conditional=False))(x, y, step).eps_form(x, step)
+        torch.testing.assert_close(pred.eps, exact_eps(bed, x, y, step), rtol=1e-3, atol=1e-3)
+    assert (exact_eps(bed, x, y, step, null=True) - exact_eps(bed, x, y, step)).abs().max() > 0.05  # t = 800
     # CFG at w == classifier guidance at s = w on the conditional model (implicit classifier, see scales.py).
+    x, y, step = noisy_batch(t=400)
     w = 1.5
-    cfg = ClassifierFreeGuidance(w, null_label=K).model_output(model, x, t, y)
-    g = ClassifierGuidance(cfg_w_to_classifier_scale(w), conditional=True, classifier=clf, null_label=K)
-    torch.testing.assert_close(g.condition_eps(model(x, t, y), x, t, y, ab), cfg, rtol=1e-3, atol=1e-3)
+    cfg = den(bed, ClassifierFreeGuidance(w))(x, y, step)
+    cg = den(bed, ClassifierGuidance(cfg_w_to_classifier_scale(w)))(x, y, step).eps_form(x, step)
+    torch.testing.assert_close(cg.eps, cfg.eps, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind,spec", [("ddim", "ddim100"), ("ddpm", "250")])
-def test_classifier_guidance_s1_samples_the_class_conditional(bed, kind, spec):
+def test_ddim_classifier_guidance_is_adms_update_without_reclipping(bed):
+    """ADM's ddim_sample + condition_score, by hand: x̂0 clipped, ε from it, ε' = ε − s sqrt(1−ᾱ)∇, x̂0' from ε'
+    (NOT clipped again), x_prev = sqrt(ᾱ_prev) x̂0' + sqrt(1 − ᾱ_prev) ε'."""
     model, clf = bed
-    n = 1500
-    d = create_diffusion(T, timestep_respacing=spec)
-    s = DDIMSampler(d, clip_denoised=False) if kind == "ddim" else DDPMSampler(d, clip_denoised=False)
-    y = torch.arange(n) % K
-    g = ClassifierGuidance(1.0, conditional=False, classifier=clf, null_label=K)
-    x = s.sample(model, g, (n, 2, 1, 1), y, BatchRNG(7, n)).reshape(n, -1).double()
-    z = (x - MIX.means[y]) / MIX.stds[y, None]
-    for k in range(K):
-        assert z[y == k].mean(0).abs().max() < 4.5 / math.sqrt((y == k).sum()), (k, z[y == k].mean(0))
-    assert abs(z.pow(2).mean() - 1) < 4.5 * math.sqrt(2 / z.numel()), z.pow(2).mean()
+    s = DDIMSampler(BASE, "ddim10", clip_denoised=True)
+    x, y, _ = noisy_batch(32, t=900)
+    step, scale = s.step_at(0), 30.0
+    d = GuidedDenoiser(ClassifierGuidance(scale), {"unet": model, "classifier": clf}, K)
+    d.reset(32)
+    out = s.step(d, x, 0, y, rng=None)
+    ab, ab_prev = step.alpha_bar, float(BASE.alphas_cumprod[s.step_at(1).t])
+    eps = model(x, torch.full_like(y, step.t), y)
+    x0 = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
+    eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
+        lp = torch.log_softmax(clf(xi, torch.full_like(y, step.t)), -1)[torch.arange(32), y].sum()
+        grad = torch.autograd.grad(lp, xi)[0]
+    eps = eps - scale * math.sqrt(1 - ab) * grad
+    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    assert x0.abs().max() > 1.05  # the guided x̂0 leaves [-1, 1]: re-clipping would change the step
+    torch.testing.assert_close(out, math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps, rtol=1e-4, atol=1e-4)
+
+
+def test_ddpm_classifier_guidance_shifts_the_mean_by_sigma_grad(bed):
+    """ADM Alg. 1 by hand: μ + s Σ ∇log p(y|x_t), Σ = β̃ (fixed_small) of the respaced step."""
+    model, clf = bed
+    s = DDPMSampler(BASE, "50", clip_denoised=False)
+    x, y, _ = noisy_batch(32, t=500)
+    zero = type("Z", (), {"randn": lambda self, shape: torch.zeros(32, *shape)})()
+    run = lambda g: s.step(GuidedDenoiser(g, {"unet": model, "classifier": clf}, K), x, 10, y, zero)
+    step = s.step_at(10)
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
+        lp = torch.log_softmax(clf(xi, torch.full_like(y, step.t)), -1)[torch.arange(32), y].sum()
+        grad = torch.autograd.grad(lp, xi)[0]
+    var = float(s.diffusion.posterior_variance[s.steps - 1 - 10])
+    torch.testing.assert_close(run(ClassifierGuidance(3.0)) - run(NoGuidance()), 3.0 * var * grad, rtol=1e-4, atol=1e-5)
 
 
 # A narrow class nested inside a wide one: p(y=0 | x) peaks at the shared mean, so stronger guidance toward
@@ -151,69 +188,63 @@ NESTED = GaussianMixture(means=[[0.5, -0.5], [0.5, -0.5], [-2.0, 1.0]], stds=[0.
 @pytest.mark.parametrize("strategy", ["classifier", "cfg"])
 def test_larger_scale_moves_samples_toward_the_class_mode(strategy):
     _, model, clf = make_testbed(BASE, NESTED)
-    n, Kn = 1000, NESTED.num_classes
-    s = DDIMSampler(create_diffusion(T, timestep_respacing="ddim50"), clip_denoised=False)
+    n = 1000
+    s = DDIMSampler(BASE, "ddim50", clip_denoised=False)
     y = torch.zeros(n, dtype=torch.long)
     dists = []
     for scale in (0.0, 1.0, 2.0, 4.0):
-        if strategy == "classifier":  # on the unconditional model: s = 0 is the whole mixture
-            g = ClassifierGuidance(scale, conditional=False, classifier=clf, null_label=Kn)
-        else:
-            g = ClassifierFreeGuidance(scale, null_label=Kn)
-        x = s.sample(model, g, (n, 2, 1, 1), y, BatchRNG(11, n)).reshape(n, -1).double()
+        g = ClassifierGuidance(scale, conditional=False) if strategy == "classifier" else ClassifierFreeGuidance(scale)
+        d = GuidedDenoiser(g, {"unet": model, "classifier": clf}, NESTED.num_classes)
+        x = s.sample(d, (n, 2, 1, 1), y, BatchRNG(11, n)).reshape(n, -1).double()
         dists.append((x - NESTED.means[0]).norm(dim=1))
     for a, b in zip(dists, dists[1:]):  # paired samples (same seeds): the mean decrease must beat its noise
         diff = a - b
         assert diff.mean() > 4 * diff.std() / math.sqrt(n), [float(d.mean()) for d in dists]
 
 
-# ---- CFG in a limited interval (Kynkäänniemi et al. 2024) ----
+# ---- CFG in a limited interval of σ (Kynkäänniemi et al. 2024) ----
 
-def test_cfg_interval_outside_is_conditional_inside_is_cfg(bed):
-    model, _ = bed
-    x, _, y, _ = noisy_batch(64)
-    w, g = 2.0, CFGIntervalGuidance(2.0, t_min=200, t_max=600, null_label=K)
-    cfg = ClassifierFreeGuidance(w, null_label=K)
-    assert (cfg.model_output(model, x, torch.full_like(y, 700), y) - model(x, torch.full_like(y, 700), y)).abs().max() > 0.01
-    for t_out in (0, 199, 601, 999):  # outside: the conditional model exactly, one forward, no null pass
-        t = torch.full_like(y, t_out)
-        net = CountingNet(model)
-        assert torch.equal(g.model_output(net, x, t, y), model(x, t, y)) and net.calls == [64]
-    for t_in in (200, 400, 600):  # inside (both ends inclusive): CFG exactly, one batched forward
-        t = torch.full_like(y, t_in)
-        net = CountingNet(model)
-        assert torch.equal(g.model_output(net, x, t, y), cfg.model_output(model, x, t, y)) and net.calls == [128]
-    # A batch mixing both: each image gets its own rule (masking).
-    t = torch.where(torch.arange(64) % 2 == 0, 400, 800)
-    out, inside = g.model_output(model, x, t, y), t == 400
-    torch.testing.assert_close(out[inside], cfg.model_output(model, x, t, y)[inside], rtol=0, atol=1e-6)
-    assert torch.equal(out[~inside], model(x, t, y)[~inside])
-    assert torch.equal(CFGIntervalGuidance(0.0, null_label=K).model_output(model, x, t, y), model(x, t, y))
+def test_cfg_interval_is_cfg_inside_and_conditional_outside(bed):
+    lo, hi = float(SIG[200]), float(SIG[600])  # (σ(200), σ(600)]: t = 200 is outside, t = 600 inside
+    g = CFGIntervalGuidance(2.0, sigma_lo=lo, sigma_hi=hi)
+    for t, inside in [(0, False), (199, False), (200, False), (201, True), (400, True), (600, True), (601, False),
+                      (999, False)]:
+        x, y, step = noisy_batch(64, t=t)
+        d = den(bed, g)
+        pred = d(x, y, step)
+        ref = den(bed, ClassifierFreeGuidance(2.0) if inside else NoGuidance())(x, y, step)
+        assert torch.equal(pred.eps, ref.eps) and d.networks["unet"].calls == [128 if inside else 64], t
+    x, y, step = noisy_batch(64, t=400)
+    assert torch.equal(den(bed, CFGIntervalGuidance(0.0))(x, y, step).eps, den(bed, NoGuidance())(x, y, step).eps)
 
 
-def test_cfg_interval_cost_over_counts_the_steps_inside(bed):
-    g = build_guider("cfg_interval", scale=1.5, t_min=150, t_max=600, null_label=K)
-    assert g.cost() == GuidanceCost(2, 0, 0)  # a step inside the interval
-    d = create_diffusion(T, timestep_respacing="ddim10")
-    ts = d.timestep_map.tolist()
-    assert ts == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900]
-    assert g.cost_over(ts) == GuidanceCost(10 + 5, 0, 0)  # 200..600 inside, t_max inclusive
-    assert CFGIntervalGuidance(1.0, t_min=0, t_max=0, null_label=K).cost_over(ts) == GuidanceCost(11, 0, 0)
-    assert CFGIntervalGuidance(1.0, t_min=0, t_max=999, null_label=K).cost_over(ts) == GuidanceCost(20, 0, 0)
-    assert CFGIntervalGuidance(0.0, t_min=0, t_max=999, null_label=K).cost_over(ts) == GuidanceCost(10, 0, 0)
-    # Everyone else: cost() at every step.
-    assert ClassifierFreeGuidance(2.0, null_label=K).cost_over(ts) == GuidanceCost(20, 0, 0)
-    assert build_guider("classifier", scale=1, classifier=bed[1]).cost_over(ts) == GuidanceCost(10, 10, 10)
-    # The count matches the forwards a sampler really runs.
-    net, s = CountingNet(bed[0]), DDIMSampler(d, clip_denoised=False)
-    s.sample(net, g, (4, 2, 1, 1), torch.arange(4) % K, BatchRNG(0, 4))
-    assert sum(net.calls) == 4 * g.cost_over(ts).nfe
+def test_cfg_interval_covered_steps_and_counted_cost(bed):
+    g = build_guider("cfg_interval", scale=1.5, sigma_lo=float(SIG[150]), sigma_hi=float(SIG[600]))
+    s = DDIMSampler(BASE, "ddim10", clip_denoised=False)
+    covered = g.covered_steps(s)
+    assert [t for t, _, _ in covered] == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert [t for t, _, inside in covered if inside] == [600, 500, 400, 300, 200]
+    d = den(bed, g)
+    s.sample(d, (4, 2, 1, 1), torch.arange(4) % K, BatchRNG(0, 4))
+    assert d.cost_per_sample()["nfe"] == 10 + 5 == sum(d.networks["unet"].calls) / 4
+    h = HeunSampler(BASE, "edm10")  # a 2nd-order sampler: its second evaluations are listed (and counted) too
+    d = den(bed, g)
+    h.sample(d, (4, 2, 1, 1), torch.arange(4) % K, BatchRNG(0, 4))
+    cov = g.covered_steps(h)
+    assert len(cov) == 2 * h.steps - 1 and d.cost_per_sample()["nfe"] == len(cov) + sum(c[2] for c in cov)
 
 
-@pytest.mark.parametrize("t_min,t_max", [(600, 200), (-1, 500), (0, -5), (float("nan"), 500), ("a", 5)])
-def test_cfg_interval_bad_interval_is_one_line_guidance_error(t_min, t_max):
+@pytest.mark.parametrize("lo,hi", [(5.0, 1.0), (-1, 5), (1.0, 1.0), (float("nan"), 5), ("a", 5)])
+def test_cfg_interval_bad_interval_is_one_line_guidance_error(lo, hi):
     with pytest.raises(GuidanceError) as e:
-        CFGIntervalGuidance(1.0, t_min=t_min, t_max=t_max, null_label=K)
+        CFGIntervalGuidance(1.0, sigma_lo=lo, sigma_hi=hi)
     assert "\n" not in str(e.value)
-    with pytest.raises(GuidanceError):
-        CFGIntervalGuidance(1.0, null_label=None)
+
+
+def test_guiders_describe_their_report_rows():
+    d = GUIDERS["cfg_interval"].describe({"strategy": "cfg_interval", "scale": 2.0, "sigma_lo": 0.0, "sigma_hi": 6.2})
+    assert d.table.kind == "cfg_interval" and d.cells == ("2", "(0, 6.2]") and d.x == 2.0 and d.x_symbol == "w"
+    d = GUIDERS["classifier"].describe({"strategy": "classifier", "scale": 0.0, "conditional": False})
+    assert d.cells == ("unconditional", "classifier", "0") and d.unguided and d.table.classifier_cost
+    assert GUIDERS["none"].describe({"conditional": True}).table is None  # a baseline
+    assert np.all([isinstance(g.networks, tuple) and "unet" in g.networks for g in GUIDERS.values()])

@@ -228,7 +228,7 @@ def test_cfg_classifier_table_and_all_failed(tmp_path):
     _write_point(root / "crashed", [], None, None)  # no overrides, no log: strategy unknown, still a row
     paths = build_report(root, tmp_path / "out", progress=False)
     rows = _read_csv(paths["csv"])
-    assert [(r["table"], r["cfg_scale"], r["classifier_scale"]) for r in rows] == [
+    assert [(r["table"], r["scale"], r["classifier_scale"]) for r in rows] == [
         ("cfg_classifier", "0.5", "2.0"), ("cfg_classifier", "1.0", "0.5"), ("cfg_classifier", "1.0", "2.0"),
         ("cfg_classifier", "", "")]
     assert [r["fid_best"] for r in rows] == ["", "", "best", ""]
@@ -379,7 +379,7 @@ def test_cfg_table_takes_the_conditional_baseline_as_w0(tmp_path):
     _write_point(root / "none-uncond", [], _info("none", 0.0, False, 1, 0), {"fid": 30.0}, CFG_COLOUR)
     _write_point(root / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 8.0}, CFG_COLOUR)
     tables = {t.kind: t for t in build_tables(collect_sweep(root, progress=False))}
-    cfg_rows = [(p.strategy, p.w, p.value("fid")) for p in tables["cfg"].rows]
+    cfg_rows = [(p.strategy, p.x, p.value("fid")) for p in tables["cfg"].rows]
     assert cfg_rows == [("none", 0.0, 10.0), ("cfg", 1.0, 8.0)]
     assert "| 0 | 10.00" in to_markdown([tables["cfg"]])
 
@@ -390,17 +390,17 @@ def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
     _write_point(root / "none-cond", [], _info("none", 0.0, True, 1, 0), {"fid": 10.0}, CFG_COLOUR)
     _write_point(root / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 8.0}, CFG_COLOUR)
     for w, fid in ((2.0, 6.0), (1.0, 7.0)):
-        info = {**_info("cfg_interval", w, True, 2, 0), "t_min": 0, "t_max": 600,
+        info = {**_info("cfg_interval", w, True, 2, 0), "sigma_lo": 0.0, "sigma_hi": 6.2,
                 "cost_per_sample": dict(nfe=40, classifier_forward=0, classifier_backward=0)}
         _write_point(root / f"cfg_interval-{w:g}", [], info, {"fid": fid}, CFG_COLOUR)
     tables = {t.kind: t for t in build_tables(collect_sweep(root, progress=False))}
     assert set(tables) == {"cfg", "cfg_interval"}
-    rows = [(p.strategy, p.w, p.value("fid"), p.nfe) for p in tables["cfg_interval"].rows]
+    rows = [(p.strategy, p.x, p.value("fid"), p.nfe) for p in tables["cfg_interval"].rows]
     assert rows == [("none", 0.0, 10.0, 25.0), ("cfg_interval", 1.0, 7.0, 40.0), ("cfg_interval", 2.0, 6.0, 40.0)]
     assert [p.strategy for p in tables["cfg"].rows] == ["none", "cfg"]
     md = to_markdown([tables["cfg_interval"]])
     assert "CFG in a limited interval (Kynkäänniemi et al. 2024)" in md
-    assert "| w | Interval t | FID" in md and "| 2 | [0, 600] | **6.00** |" in md and "| 0 | – | 10.00" in md
+    assert "| w | Interval σ | FID" in md and "| 2 | (0, 6.2] | **6.00** |" in md and "| 0 | – | 10.00" in md
     csv_rows = list(csv.DictReader(io.StringIO(to_csv([tables["cfg_interval"]]))))
-    assert [(r["table"], r["cfg_scale"]) for r in csv_rows] == [("cfg_interval", "0.0"), ("cfg_interval", "1.0"),
+    assert [(r["table"], r["x"]) for r in csv_rows] == [("cfg_interval", "0.0"), ("cfg_interval", "1.0"),
                                                                 ("cfg_interval", "2.0")]

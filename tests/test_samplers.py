@@ -1,31 +1,53 @@
-"""Samplers against the analytic Gaussian-mixture test bed: exact ε in, known distribution out."""
+"""Samplers against the analytic Gaussian-mixture test bed: exact ε in, known distribution out.
+
+Every sampler (DDPM, DDIM η = 0 and 1, Euler, Heun, DPM-Solver++(2M)) must reproduce the mixture's class weights
+and per-class moments; tolerances are a few standard errors, so a wrong coefficient fails.
+"""
 
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from guidance.diffusion import create_diffusion, space_timesteps
-from guidance.guiders import ClassifierGuidance, NoGuidance
-from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler
+from guidance.errors import GuidanceError
+from guidance.guiders import ClassifierFreeGuidance, ClassifierGuidance, NoGuidance
+from guidance.sampling import (BatchRNG, DDIMSampler, DDPMSampler, DPMSolverPP2MSampler, EulerSampler, GuidedDenoiser,
+                               HeunSampler)
+from guidance.sampling.grid import edm_sigmas, kept_timesteps, sigmas_of
 from guidance.testbed import GaussianMixture, make_testbed
 
 T = 1000
+BASE = create_diffusion(T)
 # Three classes, separated enough that few samples sit near a boundary, with unequal weights and spreads.
 MIX = GaussianMixture(means=[[-2.5, 0.0], [2.5, 0.0], [0.0, 2.5]], stds=[0.6, 0.5, 0.4], weights=[0.5, 0.3, 0.2])
+K = MIX.num_classes
 N = 2000
+
+# name -> sampler factory (clip off: the mixture lives outside [-1, 1]). Step counts are chosen so that the
+# discretisation error stays well below the statistical tolerance.
+SAMPLERS = {
+    "ddpm": lambda: DDPMSampler(BASE, "250", clip_denoised=False),
+    "ddim_eta0": lambda: DDIMSampler(BASE, "ddim100", eta=0.0, clip_denoised=False),
+    "ddim_eta1": lambda: DDIMSampler(BASE, "250", eta=1.0, clip_denoised=False),
+    "euler": lambda: EulerSampler(BASE, "ddim100", clip_denoised=False),
+    "heun": lambda: HeunSampler(BASE, "edm40", clip_denoised=False),
+    "heun_churn": lambda: HeunSampler(BASE, "edm40", clip_denoised=False, s_churn=10.0),
+    "dpmpp_2m": lambda: DPMSolverPP2MSampler(BASE, "edm40", clip_denoised=False),
+}
 
 
 @pytest.fixture(scope="module")
 def bed():
-    _, model, classifier = make_testbed(create_diffusion(T), MIX)
+    _, model, classifier = make_testbed(BASE, MIX)
     return model, classifier
 
 
-def sampler(kind, spec, eta=0.0, clip=False):
-    d = create_diffusion(T, timestep_respacing=spec)
-    return DDPMSampler(d, clip_denoised=clip) if kind == "ddpm" else DDIMSampler(d, eta=eta, clip_denoised=clip)
+def denoiser(bed, guider):
+    model, clf = bed
+    return GuidedDenoiser(guider, {"unet": model, "classifier": clf}, null_label=K)
 
 
 def classify(x):
@@ -52,13 +74,10 @@ def check_moments(x, labels, means, variances, n_sigma=4.5):
     assert abs(z.pow(2).mean().item() - 1) < n_sigma * math.sqrt(2 / (n * d)), z.pow(2).mean()
 
 
-@pytest.mark.parametrize("kind,spec,eta", [("ddim", "ddim100", 0.0), ("ddim", "250", 1.0)])
-def test_unguided_unconditional_reproduces_mixture(bed, kind, spec, eta):
-    model, _ = bed
-    K = MIX.num_classes
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_unguided_unconditional_reproduces_mixture(bed, name):
     y = torch.zeros(N, dtype=torch.long)  # target is irrelevant for the unconditional pass
-    x = sampler(kind, spec, eta).sample(model, NoGuidance(conditional=False, null_label=K), (N, 2, 1, 1), y,
-                                               BatchRNG(0, N))
+    x = SAMPLERS[name]().sample(denoiser(bed, NoGuidance(conditional=False)), (N, 2, 1, 1), y, BatchRNG(0, N))
     labels, xf = classify(x), x.reshape(N, -1).double()
     ref_x, ref_labels = reference()
     means, variances = [], []
@@ -73,47 +92,134 @@ def test_unguided_unconditional_reproduces_mixture(bed, kind, spec, eta):
     check_moments(xf, labels, means, variances)
 
 
-@pytest.mark.parametrize("kind,spec", [("ddim", "ddim100"), ("ddpm", "250")])
-def test_conditional_model_reproduces_each_class(bed, kind, spec):
-    model, _ = bed
-    K = MIX.num_classes
+@pytest.mark.parametrize("name", ["ddpm", "ddim_eta0", "heun", "dpmpp_2m"])
+def test_conditional_model_reproduces_each_class(bed, name):
     y = torch.arange(N) % K
-    x = sampler(kind, spec).sample(model, NoGuidance(conditional=True, null_label=K), (N, 2, 1, 1), y, BatchRNG(1, N))
+    x = SAMPLERS[name]().sample(denoiser(bed, NoGuidance()), (N, 2, 1, 1), y, BatchRNG(1, N))
     check_moments(x.reshape(N, -1).double(), y, MIX.means, (MIX.stds**2).tolist())
+
+
+@pytest.mark.parametrize("name", ["ddpm", "heun", "euler"])
+def test_classifier_guidance_s1_on_unconditional_samples_the_class_conditional(bed, name):
+    # Bayes: ∇log p(x_t) + ∇log p(y|x_t) = ∇log p(x_t|y), so s = 1 on the exact unconditional score with the exact
+    # classifier is the conditional model: for the ancestral form (mean shift) and the ODE form (ε shift).
+    n = 1500
+    y = torch.arange(n) % K
+    x = SAMPLERS[name]().sample(denoiser(bed, ClassifierGuidance(1.0, conditional=False)), (n, 2, 1, 1), y,
+                                BatchRNG(7, n))
+    check_moments(x.reshape(n, -1).double(), y, MIX.means, (MIX.stds**2).tolist())
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_cfg_w0_equals_the_conditional_model_exactly(bed, name):
+    y = torch.arange(64) % K
+    a = SAMPLERS[name]().sample(denoiser(bed, ClassifierFreeGuidance(0.0)), (64, 2, 1, 1), y, BatchRNG(3, 64))
+    b = SAMPLERS[name]().sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(3, 64))
+    assert torch.equal(a, b)
 
 
 def test_ddim_eta1_is_ddpm_with_fixed_small_variance(bed):
     # σ(η=1) = sqrt(β̃_t) and the DDIM mean equals the posterior mean, so the two samplers coincide.
-    model, _ = bed
     y = torch.arange(64) % 3
-    g = NoGuidance(null_label=3)
-    a = sampler("ddpm", "20").sample(model, g, (64, 2, 1, 1), y, BatchRNG(5, 64))
-    b = sampler("ddim", "20", eta=1.0).sample(model, g, (64, 2, 1, 1), y, BatchRNG(5, 64))
+    run = lambda s: s.sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(5, 64))
+    a = run(DDPMSampler(BASE, "20", clip_denoised=False))
+    torch.testing.assert_close(a, run(DDIMSampler(BASE, "20", eta=1.0, clip_denoised=False)), rtol=1e-4, atol=1e-4)
+    assert (a - run(DDIMSampler(BASE, "20", clip_denoised=False))).abs().max() > 1e-2  # η = 0 is another sampler
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_euler_without_churn_is_ddim_eta0(bed, clip):
+    # Both are the exact Euler step of dx̃/dσ = ε in EDM's variable; same timesteps, same start.
+    y = torch.arange(64) % 3
+    g = ClassifierGuidance(2.0, conditional=False)  # the classifier term too: both take it in ε form (ADM Alg. 2)
+    a = EulerSampler(BASE, "ddim25", clip_denoised=clip).sample(denoiser(bed, g), (64, 2, 1, 1), y, BatchRNG(5, 64))
+    b = DDIMSampler(BASE, "ddim25", clip_denoised=clip).sample(denoiser(bed, g), (64, 2, 1, 1), y, BatchRNG(5, 64))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    c = sampler("ddim", "20", eta=0.0).sample(model, g, (64, 2, 1, 1), y, BatchRNG(5, 64))
-    assert (a - c).abs().max() > 1e-2  # η = 0 really is a different (deterministic) sampler
 
 
 class Recording(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
-        self.net, self.seen = net, set()
+        self.net, self.seen = net, []
 
     def forward(self, x, t, *args):
-        self.seen.update(t.tolist())
+        self.seen += t.tolist()
         return self.net(x, t, *args)
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
-@pytest.mark.parametrize("spec", ["ddim10", "10,10,10", "7"])
-def test_networks_see_original_timesteps(bed, kind, spec):
+@pytest.mark.parametrize("make", [
+    lambda: DDPMSampler(BASE, "10,10,10"), lambda: DDIMSampler(BASE, "ddim10"), lambda: DDIMSampler(BASE, "7"),
+    lambda: EulerSampler(BASE, "edm12"), lambda: HeunSampler(BASE, "edm12", s_churn=40.0),
+    lambda: DPMSolverPP2MSampler(BASE, "edm12")])
+def test_networks_see_original_timesteps(bed, make):
     model, classifier = Recording(bed[0]), Recording(bed[1])
-    guider = ClassifierGuidance(scale=1.0, conditional=False, classifier=classifier, null_label=3)
-    y = torch.arange(8) % 3
-    sampler(kind, spec).sample(model, guider, (8, 2, 1, 1), y, BatchRNG(0, 8))
-    expected = space_timesteps(T, spec)
-    assert model.seen == expected and classifier.seen == expected
-    assert max(expected) >= 900  # really the original 0..T-1 indices, not 0..len-1
+    s = make()
+    den = GuidedDenoiser(ClassifierGuidance(1.0, conditional=False), {"unet": model, "classifier": classifier}, K)
+    s.sample(den, (8, 2, 1, 1), torch.arange(8) % 3, BatchRNG(0, 8))
+    expected = [t for st in s.evaluation_steps() for t in [st.t] * 8]
+    assert model.seen == expected and classifier.seen == expected  # in order, every evaluation accounted for
+    assert all(isinstance(t, int) and 0 <= t < T for t in model.seen) and max(model.seen) >= 900
+    if s.respacing[:3] not in ("edm",):
+        assert set(model.seen) == space_timesteps(T, s.respacing)
+
+
+def test_edm_grid_snaps_to_trained_timesteps():
+    """σ between two trained timesteps: the timestep nearest in log σ; the solver then uses that timestep's σ."""
+    sig = sigmas_of(BASE.alphas_cumprod)
+    kept = kept_timesteps(BASE.alphas_cumprod, "edm18")
+    grid = edm_sigmas(18, 0.002, 80.0, 7.0)
+    expected = {int(np.argmin(np.abs(np.log(sig) - np.log(np.clip(s, sig[0], sig[-1]))))) for s in grid}
+    assert kept == sorted(expected) and kept[0] == 0  # σ_min = 0.002 < σ(0) ≈ 0.01 clamps to t = 0
+    k = kept[-1]  # σ_max = 80 lands on the trained σ nearest in log σ
+    assert abs(math.log(sig[k] / 80)) <= min(abs(math.log(sig[k - 1] / 80)), abs(math.log(sig[k + 1] / 80)))
+    h = HeunSampler(BASE, "edm18")
+    for i in range(h.steps):  # the step's σ is exactly its timestep's σ
+        st = h.step_at(i)
+        assert st.t == kept[::-1][i] and st.sigma == pytest.approx(float(sig[st.t]), rel=1e-12)
+    # churn: σ̂ = σ_i (1 + γ) snapped to a timestep at or above t_i, with its own exact σ
+    c = HeunSampler(BASE, "edm18", s_churn=5.0)
+    gamma = min(5.0 / c.steps, math.sqrt(2) - 1)
+    for i in range(c.steps):
+        st, hat = c.step_at(i), c.churned(i)
+        target = st.sigma * (1 + gamma)
+        assert hat.t >= st.t and hat.sigma == pytest.approx(float(sig[hat.t]), rel=1e-12)
+        if st.t < T - 1 and hat.t > st.t:
+            assert abs(math.log(hat.sigma / target)) <= abs(math.log(sig[hat.t - 1] / target)) + 1e-12
+
+
+def test_heun_evaluates_twice_per_step_except_the_last(bed):
+    h = HeunSampler(BASE, "edm10")
+    den = denoiser(bed, NoGuidance())
+    h.sample(den, (4, 2, 1, 1), torch.arange(4) % 3, BatchRNG(0, 4))
+    assert den.cost_per_sample()["nfe"] == 2 * h.steps - 1 == len(h.evaluation_steps())
+
+
+def test_dpm_solver_pp_2m_matches_the_update_by_hand():
+    """Three steps with a denoiser whose x̂0 is known, checked against Lu et al. 2022 Alg. 2 written out."""
+    class Const(torch.nn.Module):  # ε such that x̂0 = c_t (a different constant at every t); records its inputs
+        seen = []
+
+        def forward(self, x, t, y):
+            self.seen.append(x.double())
+            ab = torch.from_numpy(BASE.alphas_cumprod).float()[t].reshape(-1, 1, 1, 1)
+            c = (t.float() / 1000).reshape(-1, 1, 1, 1)
+            return (x - ab.sqrt() * c) / (1 - ab).sqrt()
+    s = DPMSolverPP2MSampler(BASE, "3", clip_denoised=False)
+    x_T = torch.randn(2, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    rng = type("R", (), {"randn": lambda self, shape: x_T, "__len__": lambda self: 2})()
+    out = s.sample(GuidedDenoiser(NoGuidance(), {"unet": Const()}, 3), (2, 1, 1, 1), torch.zeros(2, dtype=torch.long), rng)
+    ts = [s.step_at(i).t for i in range(3)]
+    sig = [float(sigmas_of(BASE.alphas_cumprod)[t]) for t in ts]
+    d = [t / 1000 for t in ts]
+    x = x_T.double() * math.sqrt(1 + sig[0] ** 2)
+    h0, h1 = math.log(sig[0] / sig[1]), math.log(sig[1] / sig[2])
+    x = sig[1] / sig[0] * x - math.expm1(-h0) * d[0]                       # first step: first order
+    r = h0 / h1
+    x = sig[2] / sig[1] * x - math.expm1(-h1) * ((1 + 1 / (2 * r)) * d[1] - 1 / (2 * r) * d[0])
+    # the third evaluation sees the VP input x̃ / sqrt(1 + σ²); the last step to σ = 0 returns its x̂0
+    torch.testing.assert_close(Const.seen[2], x / math.sqrt(1 + sig[2] ** 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), torch.full_like(x, d[2]), rtol=0, atol=1e-4)
+    assert ts == sorted(ts, reverse=True) and (Const.seen[2] - Const.seen[1]).abs().max() > 1e-3
 
 
 class CountingRNG(BatchRNG):
@@ -127,19 +233,31 @@ class CountingRNG(BatchRNG):
 
 
 def test_noise_draws_and_last_step(bed):
-    model, _ = bed
     y = torch.arange(4) % 3
-    for s, draws in [(sampler("ddpm", "12"), 12), (sampler("ddim", "12", eta=0.5), 12), (sampler("ddim", "12"), 1)]:
+    for s, draws in [(DDPMSampler(BASE, "12"), 12), (DDIMSampler(BASE, "12", eta=0.5), 12), (DDIMSampler(BASE, "12"), 1),
+                     (EulerSampler(BASE, "12"), 1), (DPMSolverPP2MSampler(BASE, "12"), 1)]:
         rng = CountingRNG(0, 4)
-        s.sample(model, NoGuidance(null_label=3), (4, 2, 1, 1), y, rng)
-        assert rng.calls == draws  # x_T, then one draw per step except the last (none at all for η = 0)
+        s.sample(denoiser(bed, NoGuidance()), (4, 2, 1, 1), y, rng)
+        assert rng.calls == draws  # x_T, then one draw per step except the last (none at all when deterministic)
 
 
 def test_clip_denoised_keeps_samples_in_range(bed):
-    model, _ = bed  # the mixture's data lies far outside [-1, 1]
-    y = torch.arange(64) % 3
-    for s in (sampler("ddpm", "20", clip=True), sampler("ddim", "20", clip=True)):
-        x = s.sample(model, NoGuidance(null_label=3), (64, 2, 1, 1), y, BatchRNG(0, 64))
-        assert x.abs().max() <= 1.0 + 1e-5
-    x = sampler("ddim", "20").sample(model, NoGuidance(null_label=3), (64, 2, 1, 1), y, BatchRNG(0, 64))
+    y = torch.arange(64) % 3  # the mixture's data lies far outside [-1, 1]
+    for make in (DDPMSampler, DDIMSampler, EulerSampler, HeunSampler, DPMSolverPP2MSampler):
+        x = make(BASE, "20", clip_denoised=True).sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(0, 64))
+        assert x.abs().max() <= 1.0 + 1e-5, make.name
+    x = DDIMSampler(BASE, "20", clip_denoised=False).sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(0, 64))
     assert x.abs().max() > 1.5
+
+
+def test_bad_sampler_input_is_one_line_error(bed):
+    with pytest.raises(GuidanceError):
+        DDIMSampler(create_diffusion(T, timestep_respacing="ddim10"), "ddim5")  # respaced twice
+    for bad in (lambda: HeunSampler(BASE, "edmx"), lambda: HeunSampler(BASE, "edm10", s_churn=-1),
+                lambda: HeunSampler(BASE, "edm10", sigma_min=5, sigma_max=1), lambda: DDIMSampler(BASE, "20", eta=-1)):
+        with pytest.raises(GuidanceError) as e:
+            bad()
+        assert "\n" not in str(e.value)
+    with pytest.raises(GuidanceError):
+        DDPMSampler(BASE, "4").sample(denoiser(bed, NoGuidance()), (3, 2, 1, 1), torch.zeros(4, dtype=torch.long),
+                                      BatchRNG(0, 4))

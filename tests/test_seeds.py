@@ -4,7 +4,7 @@ import torch
 
 from guidance.diffusion import create_diffusion
 from guidance.guiders import ClassifierFreeGuidance
-from guidance.sampling import DDPMSampler, PerImageRNG, image_seed
+from guidance.sampling import DDPMSampler, GuidedDenoiser, PerImageRNG, image_seed
 from guidance.testbed import make_testbed
 
 N, K = 64, 3
@@ -12,14 +12,15 @@ N, K = 64, 3
 
 def run(seed, batch_size, indices=range(N)):
     _, model, _ = make_testbed(create_diffusion(1000))
-    sampler = DDPMSampler(create_diffusion(1000, timestep_respacing="8"), clip_denoised=False)
-    guider = ClassifierFreeGuidance(1.5, null_label=K)  # also covers the batched cond/null concatenation
+    sampler = DDPMSampler(create_diffusion(1000), "8", clip_denoised=False)
+    # CFG also covers the batched cond/null concatenation
+    denoiser = GuidedDenoiser(ClassifierFreeGuidance(1.5), {"unet": model}, null_label=K)
     xs, ys = [], []
     indices = list(indices)
     for start in range(0, len(indices), batch_size):
         rng = PerImageRNG(seed, indices[start:start + batch_size])
         y = rng.labels(K, "uniform")
-        xs.append(sampler.sample(model, guider, (len(rng), 2, 1, 1), y, rng))
+        xs.append(sampler.sample(denoiser, (len(rng), 2, 1, 1), y, rng))
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
 

@@ -136,6 +136,19 @@ class GaussianDiffusion:
 
     # ---- reverse process p ---------------------------------------------------------------------------------
 
+    def p_variance(self, t: torch.Tensor, shape, v: torch.Tensor | None = None):
+        """Variance and log-variance of p(x_{t−1} | x_t): the fixed one, or with learned_range the interpolation
+        log σ² = frac log β_t + (1 − frac) log β̃_t, frac = (v + 1)/2 (Improved DDPM eq. 15)."""
+        if self.model_var_type != "learned_range":
+            return self.extract(self.model_variance, t, shape), self.extract(self.model_log_variance, t, shape)
+        if v is None:
+            raise GuidanceError("model_var_type=learned_range needs the model's variance output (learn_sigma=true)")
+        frac = (v + 1.0) / 2.0
+        min_log = self.extract(self.posterior_log_variance_clipped, t, shape)
+        max_log = self.extract(self.log_betas, t, shape)
+        log_variance = frac * max_log + (1.0 - frac) * min_log
+        return torch.exp(log_variance), log_variance
+
     def p_mean_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                         clip_denoised: bool = True, denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         """p(x_{t−1} | x_t) from the raw network output (ε, or [ε, v] with learned_range).
@@ -144,19 +157,9 @@ class GaussianDiffusion:
         into the mean; the returned `eps` is the network's ε as given, not re-derived from the clipped x̂_0.
         """
         self._check_output(model_output, x_t)
-        shape = x_t.shape
-        if self.model_var_type == "learned_range":
-            eps, v = model_output.chunk(2, dim=1)
-            # Improved DDPM eq. 15: interpolate log-variances between β̃_t (v = −1) and β_t (v = +1).
-            frac = (v + 1.0) / 2.0
-            min_log = self.extract(self.posterior_log_variance_clipped, t, shape)
-            max_log = self.extract(self.log_betas, t, shape)
-            log_variance = frac * max_log + (1.0 - frac) * min_log
-            variance = torch.exp(log_variance)
-        else:
-            eps = model_output
-            variance = self.extract(self.model_variance, t, shape)
-            log_variance = self.extract(self.model_log_variance, t, shape)
+        c = x_t.shape[1]
+        eps, v = model_output[:, :c], (model_output[:, c:] if self.model_var_type == "learned_range" else None)
+        variance, log_variance = self.p_variance(t, x_t.shape, v)
 
         pred_x0 = self.predict_x0_from_eps(x_t, t, eps)
         if denoised_fn is not None:

@@ -1,23 +1,24 @@
 """Guidance strategies: one small module each, one registry.
 
 `GUIDERS[name]` is the class; `build_guider(name, **fields)` builds one; Hydra configs in conf/guidance/<name>.yaml
-instantiate them with `classifier=` and `null_label=` passed in by the app.
+instantiate them. A new strategy is a module here, a line in GUIDERS and a yaml: the denoiser, every sampler and
+the report take it from there (see guidance.guiders.base for the contract).
 """
 
 from __future__ import annotations
 
 from guidance.errors import GuidanceError
-from guidance.guiders.base import GuidanceCost, Guider, check_scale, classifier_grad
+from guidance.guiders.base import Description, Guider, TableSpec, check_scale
 from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.guiders.cfg_interval import CFGIntervalGuidance
 from guidance.guiders.cfg_classifier import CFGClassifierGuidance
+from guidance.guiders.cfg_interval import CFGIntervalGuidance
 from guidance.guiders.classifier import ClassifierGuidance
 from guidance.guiders.none import NoGuidance
 from guidance.guiders.scales import cfg_w_to_classifier_scale, cfg_w_to_guidance_scale, guidance_scale_to_cfg_w
 
 GUIDERS: dict[str, type[Guider]] = {
     cls.name: cls for cls in (NoGuidance, ClassifierGuidance, ClassifierFreeGuidance, CFGClassifierGuidance,
-                            CFGIntervalGuidance)
+                              CFGIntervalGuidance)
 }
 
 
@@ -28,12 +29,18 @@ def guider_class(name: str) -> type[Guider]:
 
 
 def build_guider(name: str, **fields) -> Guider:
-    """E.g. build_guider("cfg", scale=2.0, null_label=10) or build_guider("classifier", scale=1, classifier=clf)."""
+    """E.g. build_guider("cfg", scale=2.0) or build_guider("classifier", scale=1, conditional=False)."""
     return guider_class(name)(**fields)
 
 
+def describe_point(info: dict) -> Description | None:
+    """The report's view of a sampled point (from its sample_info); None for an unknown strategy."""
+    cls = GUIDERS.get(info.get("strategy"))
+    return cls.describe(info) if cls else None
+
+
 __all__ = [
-    "GUIDERS", "GuidanceCost", "Guider", "NoGuidance", "ClassifierGuidance", "ClassifierFreeGuidance",
-    "CFGClassifierGuidance", "CFGIntervalGuidance", "build_guider", "guider_class", "check_scale", "classifier_grad",
+    "GUIDERS", "Guider", "Description", "TableSpec", "NoGuidance", "ClassifierGuidance", "ClassifierFreeGuidance",
+    "CFGClassifierGuidance", "CFGIntervalGuidance", "build_guider", "guider_class", "describe_point", "check_scale",
     "cfg_w_to_guidance_scale", "guidance_scale_to_cfg_w", "cfg_w_to_classifier_scale",
 ]

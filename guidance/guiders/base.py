@@ -1,112 +1,92 @@
-"""The Guider interface: how a guidance strategy changes one sampling step.
+"""The Guider contract: a guidance strategy REQUESTS predictions by name and COMBINES them into one.
 
-A sampler calls, per step (t = ORIGINAL timesteps, as the networks see them):
-  out  = guider.model_output(model, x, t, y)              network-level combination (CFG)
-  mean = guider.condition_mean(mean, variance, x, t, y)   ancestral samplers (ADM Alg. 1)
-  eps  = guider.condition_eps(eps, x, t, y, alpha_bar)    DDIM samplers (ADM Alg. 2)
-`y` is always the target class; the guider decides which label the network sees (null label for an
-unconditional pass). Scales keep their papers' units: ADM's s, Ho & Salimans' w.
+    requests(step) -> [Eval("cond"), Eval("uncond", labels="null"), ClassifierGrad("grad"), ...]
+    combine(preds, x, step) -> Prediction            # ε / x̂0 space as the paper says; grad for classifier terms
+    reset(batch_size)                                # start of a chain: drop per-chain state (e.g. momentum)
+
+A guider never calls a network, never knows the sampler, and asks only for passes that have an effect (w = 0
+asks for the conditional pass alone), so the denoiser's counters are the strategy's true cost. Scales keep their
+papers' units: ADM's s, Ho & Salimans' w. For the report, `describe(info)` says which table a point belongs in,
+its key cells and its curve; report/ knows no strategy by name.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
+from guidance.errors import GuidanceError, check_scale  # noqa: F401 (re-exported)
+from guidance.sampling.denoiser import ClassifierGrad, Eval
+from guidance.sampling.prediction import Prediction, Step
 
-from guidance.errors import GuidanceError
+__all__ = ["Guider", "TableSpec", "Description", "check_scale", "Eval", "ClassifierGrad", "Prediction", "Step"]
 
 
 @dataclass(frozen=True)
-class GuidanceCost:
-    """Work per sampling step per image: network evaluations and classifier passes."""
+class TableSpec:
+    """One tradeoff table: its key columns, where it goes, and which unguided baselines head it."""
 
-    nfe: int
-    classifier_forward: int = 0
-    classifier_backward: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def times(self, steps: int) -> "GuidanceCost":
-        return GuidanceCost(self.nfe * steps, self.classifier_forward * steps, self.classifier_backward * steps)
+    kind: str                                # file/label key, e.g. "cfg"
+    title: str
+    key_headers: tuple[str, ...]             # e.g. ("w",) or ("Model", "Guidance", "Scale s")
+    order: int = 50                          # tables and curves are listed by this
+    classifier_cost: bool = False            # show classifier passes per sample
+    baseline_models: tuple[str, ...] = ()    # unguided baselines ("conditional", "unconditional") shown as rows
+    baseline_cells: tuple[str, ...] = ()     # their key cells; "{model}" is replaced by the model
 
 
-def check_scale(value, what: str, allow_negative: bool = False) -> float:
-    """A guidance scale as a float; non-finite or (where invalid) negative values are a GuidanceError."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise GuidanceError(f"{what} must be a number, got {value!r}; pass e.g. {what}=1.0") from None
-    if not math.isfinite(value):
-        raise GuidanceError(f"{what} must be finite, got {value}; pass a finite value such as {what}=1.0")
-    if value < 0 and not allow_negative:
-        raise GuidanceError(f"{what} must be >= 0 (0 = unguided), got {value}; pass a non-negative scale")
-    return value
+@dataclass(frozen=True)
+class Description:
+    """How the report shows one point."""
+
+    table: TableSpec | None                  # None: an unguided baseline (joins tables that list its model)
+    cells: tuple[str, ...] = ()              # key cells, one per table.key_headers
+    sort: tuple[float, ...] = ()             # row order within the table
+    series: str = ""                         # plot curve label
+    x: float | None = None                   # swept value on the plots' x axis
+    x_symbol: str = "scale"
+    unguided: bool = False                   # this point IS an unguided model (scale 0 or no guidance)
+
+
+def fmt(x) -> str:
+    return "–" if x is None else f"{x:g}"
+
+
+def model_of(info: dict) -> str:
+    return {True: "conditional", False: "unconditional"}.get(info.get("conditional"), "?")
 
 
 class Guider:
-    """Base strategy: the plain model, no guidance. Subclasses override one or more hooks."""
+    """Base strategy fields and defaults. Subclasses set name/networks and write requests + combine."""
 
     name = "base"
-    needs_classifier = False  # apps load the classifier snapshot only when this is True
+    networks: tuple[str, ...] = ("unet",)    # the networks the denoiser must hold for this strategy
 
-    def __init__(self, scale: float = 0.0, null_label: int | None = None, conditional: bool = True, classifier=None):
+    def __init__(self, scale: float = 0.0, conditional: bool = True):
         self.scale = check_scale(scale, "guidance.scale")
-        self.null_label = null_label
         self.conditional = bool(conditional)
-        self.classifier = classifier
-        if not self.conditional and null_label is None:
-            raise GuidanceError(f"{self.name}: an unconditional pass needs null_label (= num_classes of the U-Net)")
 
-    # -- hooks -------------------------------------------------------------------------------------------
-    def model_output(self, model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return model(x, t, self.model_labels(y))
+    @property
+    def model_labels(self) -> str:
+        """Labels of the base prediction: the target class, or the null label for the unconditional model."""
+        return "target" if self.conditional else "null"
 
-    def condition_mean(self, mean, variance, x, t, y) -> torch.Tensor:
-        return mean
+    def reset(self, batch_size: int) -> None:
+        """Start of a chain. Stateless strategies have nothing to drop."""
 
-    def condition_eps(self, eps, x, t, y, alpha_bar) -> torch.Tensor:
-        return eps
+    def requests(self, step: Step) -> list:
+        raise NotImplementedError
 
-    def cost(self) -> GuidanceCost:
-        return GuidanceCost(nfe=1)
-
-    def cost_over(self, timesteps: Sequence[int]) -> GuidanceCost:
-        """Cost per image of a whole chain over these ORIGINAL timesteps (strategies whose cost varies per step
-        override this; the default is cost() at every step)."""
-        return self.cost().times(len(timesteps))
-
-    # -- helpers -----------------------------------------------------------------------------------------
-    def model_labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Labels the U-Net sees: the target class, or the null label for the unconditional model."""
-        return y if self.conditional else torch.full_like(y, self.null_label)
+    def combine(self, preds: dict, x, step: Step) -> Prediction:
+        raise NotImplementedError
 
     def info(self) -> dict:
-        """What sample_info.json records about the strategy."""
+        """What sample_info.json records about the strategy (and describe() reads back)."""
         return {"strategy": self.name, "scale": self.scale, "conditional": self.conditional}
+
+    @classmethod
+    def describe(cls, info: dict) -> Description:
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.info().items() if k != 'strategy')})"
-
-
-def classifier_grad(classifier, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """∇_{x_t} log p_φ(y | x_t) at the ORIGINAL timestep t (ADM Alg. 1/2).
-
-    Summing log-probs over the batch gives each image its own gradient: the classifier treats images
-    independently (eval mode, no batch statistics).
-    """
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
-        log_probs = F.log_softmax(classifier(x_in, t), dim=-1)
-        selected = log_probs[torch.arange(len(y), device=y.device), y]
-        return torch.autograd.grad(selected.sum(), x_in)[0]
-
-
-def require_classifier(guider: Guider) -> None:
-    if guider.classifier is None:
-        raise GuidanceError(f"{guider.name} guidance needs a noise-aware classifier; pass classifier_ckpt=PATH "
-                            "(a classifier.pt snapshot from guidance-train)")

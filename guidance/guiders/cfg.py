@@ -1,38 +1,42 @@
 """Classifier-free guidance (Ho & Salimans 2022, eq. 6), scale w; w = 0 is the conditional model.
 
 ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅)
-Conditional and null passes run as ONE batched forward; w = 0 skips the null pass (1 NFE).
-With a learned variance (2C output channels) the conditional variance channels are kept.
+Conditional and null rows go through the U-Net as ONE batch (the denoiser stacks them); w = 0 asks for the
+conditional pass alone (1 NFE). With a learned variance the conditional variance is kept.
 """
 
 from __future__ import annotations
 
-import torch
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt
 
-from guidance.errors import GuidanceError
-from guidance.guiders.base import GuidanceCost, Guider
+TABLE = TableSpec("cfg", "Classifier-free guidance (Ho & Salimans 2022 layout)", ("w",), order=20,
+                  baseline_models=("conditional",), baseline_cells=("0",))
 
 
-def cfg_model_output(model, x, t, y, w: float, null_label: int) -> torch.Tensor:
-    if w == 0:
-        return model(x, t, y)
-    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
-    cond, uncond = out.chunk(2)
-    c = x.shape[1]  # eps channels; any further channels are the learned variance
-    eps = (1 + w) * cond[:, :c] - w * uncond[:, :c]
-    return torch.cat([eps, cond[:, c:]], dim=1)
+def cfg_combine(cond: Prediction, uncond: Prediction, w: float, x, step) -> Prediction:
+    return Prediction.from_eps(x, step, (1 + w) * cond.eps - w * uncond.eps, cond.var_v)
 
 
 class ClassifierFreeGuidance(Guider):
     name = "cfg"
 
-    def __init__(self, scale: float = 1.0, null_label: int | None = None, classifier=None):
-        super().__init__(scale=scale, null_label=null_label, conditional=True, classifier=classifier)
-        if null_label is None:
-            raise GuidanceError("cfg needs null_label (= num_classes of a U-Net trained with label dropout)")
+    def __init__(self, scale: float = 1.0):
+        super().__init__(scale=scale, conditional=True)
 
-    def model_output(self, model, x, t, y):
-        return cfg_model_output(model, x, t, y, self.scale, self.null_label)
+    def guided_at(self, step) -> bool:
+        """Whether this step pays for the null pass (every step unless w = 0; interval CFG narrows it)."""
+        return self.scale != 0
 
-    def cost(self) -> GuidanceCost:
-        return GuidanceCost(nfe=2 if self.scale != 0 else 1)
+    def requests(self, step):
+        return [Eval("cond")] + ([Eval("uncond", labels="null")] if self.guided_at(step) else [])
+
+    def combine(self, preds, x, step):
+        if "uncond" not in preds:
+            return preds["cond"]
+        return cfg_combine(preds["cond"], preds["uncond"], self.scale, x, step)
+
+    @classmethod
+    def describe(cls, info):
+        w = info.get("scale")
+        return Description(TABLE, (fmt(w),), (w if w is not None else float("inf"),), series="cfg", x=w,
+                           x_symbol="w", unguided=w == 0)

@@ -1,34 +1,38 @@
-"""CFG (scale w, Ho & Salimans 2022) on the network output, then classifier guidance (scale s, ADM Alg. 1/2)
-on top of it: ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅), then μ + sΣ∇log p(y|x_t) or ε~ − s sqrt(1−ᾱ_t)∇log p(y|x_t).
+"""CFG (scale w, Ho & Salimans 2022) and, on top of it, classifier guidance (scale s, ADM Alg. 1/2):
+ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅), then μ + sΣ∇log p(y|x_t) or ε~ − s sqrt(1−ᾱ_t)∇log p(y|x_t).
 """
 
 from __future__ import annotations
 
-from guidance.guiders.base import GuidanceCost, check_scale
-from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.guiders.classifier import ClassifierGuidance
+from guidance.guiders.base import ClassifierGrad, Description, Eval, Guider, TableSpec, check_scale, fmt
+from guidance.guiders.cfg import cfg_combine
+
+TABLE = TableSpec("cfg_classifier", "Classifier-free + classifier guidance", ("w", "s"), order=40,
+                  classifier_cost=True)
 
 
-class CFGClassifierGuidance(ClassifierFreeGuidance):
+class CFGClassifierGuidance(Guider):
     name = "cfg_classifier"
-    needs_classifier = True
+    networks = ("unet", "classifier")
 
-    def __init__(self, scale: float = 1.0, classifier_scale: float = 1.0, classifier=None,
-                 null_label: int | None = None):
-        super().__init__(scale=scale, null_label=null_label, classifier=classifier)
-        # The classifier half is a ClassifierGuidance at scale s on the (already CFG-combined) output.
+    def __init__(self, scale: float = 1.0, classifier_scale: float = 1.0):
+        super().__init__(scale=scale, conditional=True)
         self.classifier_scale = check_scale(classifier_scale, "guidance.classifier_scale")
-        self._cg = ClassifierGuidance(self.classifier_scale, conditional=True, classifier=classifier)
 
-    def condition_mean(self, mean, variance, x, t, y):
-        return self._cg.condition_mean(mean, variance, x, t, y)
+    def requests(self, step):
+        return ([Eval("cond")] + ([Eval("uncond", labels="null")] if self.scale != 0 else [])
+                + ([ClassifierGrad("grad")] if self.classifier_scale != 0 else []))
 
-    def condition_eps(self, eps, x, t, y, alpha_bar):
-        return self._cg.condition_eps(eps, x, t, y, alpha_bar)
+    def combine(self, preds, x, step):
+        pred = cfg_combine(preds["cond"], preds["uncond"], self.scale, x, step) if "uncond" in preds else preds["cond"]
+        return pred.with_grad(self.classifier_scale * preds["grad"]) if "grad" in preds else pred
 
-    def cost(self) -> GuidanceCost:
-        c = self._cg.cost()
-        return GuidanceCost(super().cost().nfe, c.classifier_forward, c.classifier_backward)
-
-    def info(self) -> dict:
+    def info(self):
         return {**super().info(), "classifier_scale": self.classifier_scale}
+
+    @classmethod
+    def describe(cls, info):
+        w, s = info.get("scale"), info.get("classifier_scale")
+        num = lambda v: v if v is not None else float("inf")
+        return Description(TABLE, (fmt(w), fmt(s)), (num(w), num(s)), series=f"cfg+classifier, w={fmt(w)}", x=s,
+                           x_symbol="s", unguided=w == 0 and s == 0)

@@ -1,58 +1,51 @@
-"""CFG in a limited interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample
-and Distribution Quality in Diffusion Models", NeurIPS): guidance is harmful at high noise and unnecessary at low.
+"""CFG in a limited interval of noise levels (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval
+Improves Sample and Distribution Quality in Diffusion Models"): guidance harms at high noise, is unneeded at low.
 
-ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅)   while t_min <= t <= t_max (ORIGINAL timestep, inclusive)
+ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅)   while sigma_lo < σ_t <= sigma_hi
 ε~ = ε(x_t, y)                           otherwise (the conditional model: 1 NFE, no null pass)
-w is Ho & Salimans' scale, as in `cfg`. The paper states the interval in EDM's σ; for a VP schedule
-σ(t) = sqrt((1 − ᾱ_t) / ᾱ_t) (see conf/guidance/cfg_interval.yaml). A batch whose images sit at different t is
-handled by masking: images inside the interval get CFG, the others the conditional model.
+σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) is EDM's noise level, the unit of the paper's interval (e.g. (0.28, 5.42] for EDM2-S on
+ImageNet-512). `covered_steps(sampler)` lists which evaluations of a sampler fall inside.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-import torch
-
 from guidance.errors import GuidanceError
-from guidance.guiders.base import GuidanceCost
-from guidance.guiders.cfg import ClassifierFreeGuidance, cfg_model_output
+from guidance.guiders.base import Description, TableSpec, fmt
+from guidance.guiders.cfg import ClassifierFreeGuidance
+
+TABLE = TableSpec("cfg_interval", "CFG in a limited interval (Kynkäänniemi et al. 2024)", ("w", "Interval σ"),
+                  order=30, baseline_models=("conditional",), baseline_cells=("0", "–"))
 
 
 class CFGIntervalGuidance(ClassifierFreeGuidance):
     name = "cfg_interval"
 
-    def __init__(self, scale: float = 1.0, t_min: int = 0, t_max: int = 600, null_label: int | None = None,
-                 classifier=None):
-        super().__init__(scale=scale, null_label=null_label, classifier=classifier)
+    def __init__(self, scale: float = 1.0, sigma_lo: float = 0.0, sigma_hi: float = 6.2):
+        super().__init__(scale=scale)
         try:
-            self.t_min, self.t_max = float(t_min), float(t_max)
+            self.sigma_lo, self.sigma_hi = float(sigma_lo), float(sigma_hi)
         except (TypeError, ValueError):
-            raise GuidanceError(f"cfg_interval: t_min/t_max must be numbers, got {t_min!r}/{t_max!r}") from None
-        if not (0 <= self.t_min <= self.t_max):
-            raise GuidanceError(f"cfg_interval needs 0 <= t_min <= t_max (original timesteps), got t_min={t_min}, "
-                                f"t_max={t_max}; pass e.g. guidance.t_min=0 guidance.t_max=600")
+            raise GuidanceError(f"cfg_interval: sigma_lo/sigma_hi must be numbers, got {sigma_lo!r}/{sigma_hi!r}") from None
+        if not (0 <= self.sigma_lo < self.sigma_hi):
+            raise GuidanceError(f"cfg_interval needs 0 <= sigma_lo < sigma_hi (EDM noise levels), got sigma_lo={sigma_lo}, "
+                                f"sigma_hi={sigma_hi}; pass e.g. guidance.sigma_lo=0.28 guidance.sigma_hi=5.42")
 
-    def inside(self, t: torch.Tensor) -> torch.Tensor:
-        """Bool mask: which (original) timesteps get guidance."""
-        return (t >= self.t_min) & (t <= self.t_max)
+    def inside(self, sigma: float) -> bool:
+        return self.sigma_lo < sigma <= self.sigma_hi
 
-    def model_output(self, model, x, t, y):
-        inside = self.inside(t)
-        if self.scale == 0 or not inside.any():
-            return model(x, t, y)
-        if inside.all():
-            return cfg_model_output(model, x, t, y, self.scale, self.null_label)
-        guided = cfg_model_output(model, x[inside], t[inside], y[inside], self.scale, self.null_label)
-        out = guided.new_empty((len(x), *guided.shape[1:]))
-        out[inside], out[~inside] = guided, model(x[~inside], t[~inside], y[~inside])
-        return out
+    def guided_at(self, step) -> bool:
+        return self.scale != 0 and self.inside(step.sigma)
 
-    # cost() (inherited): the cost of a step inside the interval.
-    def cost_over(self, timesteps: Iterable[int]) -> GuidanceCost:
-        ts = list(timesteps)
-        guided = sum(self.t_min <= t <= self.t_max for t in ts) if self.scale != 0 else 0
-        return GuidanceCost(nfe=len(ts) + guided)
+    def covered_steps(self, sampler) -> list[tuple[int, float, bool]]:
+        """(original t, σ, guided?) for every denoiser evaluation of `sampler`'s chain, in order."""
+        return [(s.t, s.sigma, self.inside(s.sigma)) for s in sampler.evaluation_steps()]
 
-    def info(self) -> dict:
-        return {**super().info(), "t_min": self.t_min, "t_max": self.t_max}
+    def info(self):
+        return {**super().info(), "sigma_lo": self.sigma_lo, "sigma_hi": self.sigma_hi}
+
+    @classmethod
+    def describe(cls, info):
+        w, lo, hi = info.get("scale"), info.get("sigma_lo"), info.get("sigma_hi")
+        interval = f"({fmt(lo)}, {fmt(hi)}]"
+        return Description(TABLE, (fmt(w), interval), (w if w is not None else float("inf"), hi or 0.0),
+                           series=f"cfg_interval σ in {interval}", x=w, x_symbol="w", unguided=w == 0)

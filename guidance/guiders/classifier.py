@@ -2,32 +2,37 @@
 
 Ancestral (Alg. 1):  μ' = μ + s Σ ∇_{x_t} log p_φ(y | x_t)
 DDIM      (Alg. 2):  ε' = ε − s sqrt(1 − ᾱ_t) ∇_{x_t} log p_φ(y | x_t)
-Applies to the conditional model or, with conditional=false, to the unconditional one (ADM Table 4).
+The guider hands s ∇log p to the sampler as `grad`; the sampler picks the form. Applies to the conditional model
+or, with conditional=false, to the unconditional one (ADM Table 4).
 """
 
 from __future__ import annotations
 
-from guidance.guiders.base import GuidanceCost, Guider, classifier_grad, require_classifier
+from guidance.guiders.base import ClassifierGrad, Description, Eval, Guider, TableSpec, fmt, model_of
+
+TABLE = TableSpec("classifier", "Classifier guidance (ADM Table 4 layout)", ("Model", "Guidance", "Scale s"),
+                  order=10, classifier_cost=True, baseline_models=("unconditional", "conditional"),
+                  baseline_cells=("{model}", "none", "0"))
 
 
 class ClassifierGuidance(Guider):
     name = "classifier"
-    needs_classifier = True
+    networks = ("unet", "classifier")
 
-    def __init__(self, scale: float = 1.0, conditional: bool = True, classifier=None, null_label: int | None = None):
-        super().__init__(scale=scale, null_label=null_label, conditional=conditional, classifier=classifier)
-        require_classifier(self)
+    def __init__(self, scale: float = 1.0, conditional: bool = True):
+        super().__init__(scale=scale, conditional=conditional)
 
-    def condition_mean(self, mean, variance, x, t, y):
+    def requests(self, step):
+        grad = [ClassifierGrad("grad")] if self.scale != 0 else []  # s = 0 skips the classifier
+        return [Eval("model", labels=self.model_labels)] + grad
+
+    def combine(self, preds, x, step):
         if self.scale == 0:
-            return mean
-        return mean + self.scale * variance * classifier_grad(self.classifier, x, t, y)
+            return preds["model"]
+        return preds["model"].with_grad(self.scale * preds["grad"])
 
-    def condition_eps(self, eps, x, t, y, alpha_bar):
-        if self.scale == 0:
-            return eps
-        return eps - self.scale * (1 - alpha_bar).sqrt() * classifier_grad(self.classifier, x, t, y)
-
-    def cost(self) -> GuidanceCost:
-        passes = int(self.scale != 0)  # s = 0 skips the classifier entirely
-        return GuidanceCost(nfe=1, classifier_forward=passes, classifier_backward=passes)
+    @classmethod
+    def describe(cls, info):
+        s, model = info.get("scale"), model_of(info)
+        return Description(TABLE, (model, "classifier", fmt(s)), (s if s is not None else float("inf"),),
+                           series=f"classifier ({model})", x=s, x_symbol="s", unguided=s == 0)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from guidance.guiders.base import Guider
+from guidance.guiders.base import Description, Eval, Guider, model_of
 
 
 class NoGuidance(Guider):
     name = "none"
 
-    def __init__(self, conditional: bool = True, null_label: int | None = None, classifier=None):
-        super().__init__(scale=0.0, null_label=null_label, conditional=conditional, classifier=classifier)
+    def __init__(self, conditional: bool = True):
+        super().__init__(scale=0.0, conditional=conditional)
+
+    def requests(self, step):
+        return [Eval("model", labels=self.model_labels)]
+
+    def combine(self, preds, x, step):
+        return preds["model"]
+
+    @classmethod
+    def describe(cls, info):
+        return Description(table=None, series=f"none ({model_of(info)})", x=0.0, unguided=True)

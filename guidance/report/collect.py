@@ -18,9 +18,8 @@ import yaml
 from tqdm import tqdm
 
 from guidance.errors import GuidanceError
+from guidance.guiders import Description, describe_point
 
-STRATEGIES = ("none", "classifier", "cfg", "cfg_interval", "cfg_classifier")
-STRATEGY_ORDER = {name: i for i, name in enumerate(STRATEGIES)}  # row/series order in tables and plots
 MODEL_ORDER = {False: 0, True: 1, None: 2}  # ADM Table 4 lists the unconditional model first
 
 
@@ -67,6 +66,7 @@ class Point:
     nfe: float | None = None               # per sample (all steps), as recorded by sampling
     classifier_forward: float | None = None
     classifier_backward: float | None = None
+    desc: Description | None = None        # how the strategy wants the point shown (guiders' describe)
     info: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
 
@@ -77,22 +77,14 @@ class Point:
         return _number(self.metrics.get(METRICS[metric].std_key))
 
     @property
-    def w(self) -> float | None:
-        """CFG scale of a cfg / cfg_interval / cfg_classifier point (cfg_classifier's `scale` is w,
-        `classifier_scale` is s)."""
-        if self.strategy in ("cfg", "cfg_interval", "cfg_classifier"):  # cfg_classifier: scale = w, classifier_scale = s
-            return self.scale
-        if self.strategy == "none" and self.conditional:
-            return 0.0  # the unguided conditional model is CFG at w = 0
-        return None
+    def baseline(self) -> bool:
+        """An unguided model point (strategy `none`): it heads the tables that list its model."""
+        return self.desc is not None and self.desc.table is None
 
     @property
-    def interval(self) -> str | None:
-        """"[t_min, t_max]" (original timesteps) of a cfg_interval point, from sample_info; None elsewhere."""
-        lo, hi = self.info.get("t_min"), self.info.get("t_max")
-        if self.strategy != "cfg_interval" or not all(_number(v) is not None for v in (lo, hi)):
-            return None
-        return f"[{lo:g}, {hi:g}]"
+    def x(self) -> float | None:
+        """The swept value in its paper's unit (s, w, ...), as the strategy describes it."""
+        return self.desc.x if self.desc else self.scale
 
     @property
     def grid(self) -> Path | None:
@@ -191,8 +183,6 @@ def _fill_from_overrides(p: Point, overrides: dict[str, str]) -> None:
         for key, value in overrides.items():
             if key.endswith("conditional") and value.lower() in ("true", "false"):
                 p.conditional = value.lower() == "true"
-    if p.strategy in ("cfg", "cfg_interval") and p.conditional is None:
-        p.conditional = True  # CFG always runs the conditional model
 
 
 def read_point(folder: Path, root: Path) -> Point:
@@ -222,8 +212,15 @@ def read_point(folder: Path, root: Path) -> Point:
         p.status = MISSING_METRICS
     elif not info_path.exists():
         p.status = "missing sample_info.json"
-    if p.strategy is not None and p.strategy not in STRATEGIES:
-        p.status = f"unknown strategy {p.strategy!r}" if p.status == OK else p.status
+    if p.strategy is not None:
+        fields = {"conditional": p.conditional, "scale": p.scale, "classifier_scale": p.classifier_scale}
+        info = {**p.info, "strategy": p.strategy, **{k: v for k, v in fields.items() if k not in p.info}}
+        p.desc = describe_point(info)
+        if p.desc is None and p.status == OK:
+            p.status = f"unknown strategy {p.strategy!r}"
+        if p.conditional is None and p.desc is not None and p.desc.table is not None and \
+                "unconditional" not in p.desc.table.baseline_models:
+            p.conditional = True  # tables of conditional-only strategies (CFG) always run the conditional model
     return p
 
 

@@ -1,8 +1,9 @@
 """Tradeoff plots (matplotlib Agg, PNG): FID vs scale, precision vs recall, IS vs FID frontier, sample grids.
 
-A *series* is one curve of a scale sweep: a strategy on one model (classifier guidance on the conditional and on
-the unconditional model are separate curves, as in ADM Fig. 4 / Table 4; cfg_classifier gets one curve per w with
-the classifier scale s on the x axis). Unguided points (strategy "none") are baselines: a dashed line or a star.
+A *series* is one curve of a scale sweep, as the strategy describes it (guidance.guiders: describe): e.g.
+classifier guidance on the conditional and on the unconditional model are separate curves, as in ADM Fig. 4,
+and cfg_classifier gets one curve per w with s on the x axis. Unguided points (strategy "none") are baselines: a
+dashed line or a star.
 Points without the plotted metric are left out of that plot; the tables list them with their status.
 """
 
@@ -19,38 +20,39 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from guidance.io import atomic_write_bytes  # noqa: E402
-from guidance.report.collect import MODEL_ORDER, STRATEGY_ORDER, Point, Sweep, is_finite  # noqa: E402
+from guidance.report.collect import MODEL_ORDER, Point, Sweep, is_finite  # noqa: E402
 
 PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")
 
 
 def series_key(p: Point) -> str:
-    if p.strategy == "cfg":
-        return "cfg"
-    if p.strategy == "cfg_interval":  # one curve per interval, apart from plain cfg
-        return f"cfg_interval t in {p.interval or '?'}"
-    if p.strategy == "cfg_classifier":
-        return f"cfg+classifier, w={p.w if p.w is not None else float('nan'):g}"
-    return f"{p.strategy or '?'} ({p.model})"
+    return p.desc.series if p.desc else f"{p.strategy or '?'} ({p.model})"
 
 
 def x_of(p: Point) -> float | None:
-    """The swept scale in its paper's unit: s for classifier guidance, w for CFG, s for cfg_classifier curves."""
-    if p.strategy == "cfg_classifier" and p.classifier_scale is not None:
-        return p.classifier_scale
-    return p.scale
+    """The swept scale in its paper's unit (s for classifier guidance, w for CFG, ...), as the strategy says."""
+    return p.x
+
+
+def _order(p: Point) -> int:
+    return -1 if p.baseline else (p.desc.table.order if p.desc else 99)
 
 
 def group_series(points: list[Point]) -> dict[str, list[Point]]:
-    """Series in table order (none, classifier, cfg, cfg_interval, cfg_classifier; unconditional first), points by
+    """Series in table order (baselines first, then each strategy's table order; unconditional first), points by
     scale."""
     series: dict[str, list[Point]] = {}
     for p in points:
         series.setdefault(series_key(p), []).append(p)
     for pts in series.values():
         pts.sort(key=lambda p: (x_of(p) is None, x_of(p) or 0.0))
-    order = lambda item: (STRATEGY_ORDER.get(item[1][0].strategy, 9), MODEL_ORDER[item[1][0].conditional], item[0])
+    order = lambda item: (_order(item[1][0]), MODEL_ORDER[item[1][0].conditional], item[0])
     return dict(sorted(series.items(), key=order))
+
+
+def x_label(points: list[Point]) -> str:
+    symbols = sorted({f"{p.desc.x_symbol} for {p.strategy}" for p in points if p.desc and not p.baseline})
+    return "guidance scale" + (f" ({', '.join(symbols)})" if symbols else "")
 
 
 def _save(fig, path: Path) -> Path:
@@ -77,14 +79,14 @@ def plot_fid_vs_scale(sweep: Sweep, path: Path) -> Path:
             continue
         y = [p.value("fid") for p in pts]
         err = [p.spread("fid") or 0.0 for p in pts]
-        if pts[0].strategy == "none":  # unguided baseline: one number, drawn across the axis
+        if pts[0].baseline:  # unguided baseline: one number, drawn across the axis
             ax.axhline(y[0], ls="--", lw=1, color="gray" if pts[0].conditional else "black", label=f"{key}: {y[0]:.2f}")
         else:
             ax.errorbar([x_of(p) for p in pts], y, yerr=err, marker="o", capsize=3, label=key)
         drawn = True
     if not drawn:
         _empty(ax, "no points with FID")
-    ax.set_xlabel("guidance scale (s for classifier, w for CFG)")
+    ax.set_xlabel(x_label(sweep.points))
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(f"FID vs guidance scale — {sweep.name}")
     if drawn:
@@ -100,7 +102,7 @@ def plot_precision_recall(sweep: Sweep, path: Path) -> Path:
         if not pts:
             continue
         r, pr = [p.value("recall") for p in pts], [p.value("precision") for p in pts]
-        style = dict(marker="*", ms=12, ls="none") if pts[0].strategy == "none" else dict(marker="o")
+        style = dict(marker="*", ms=12, ls="none") if pts[0].baseline else dict(marker="o")
         ax.plot(r, pr, label=key, **style)
         for p in pts:  # the scale at each point: the curve's direction is the whole story
             ax.annotate(f"{x_of(p):g}" if x_of(p) is not None else "?", (p.value("recall"), p.value("precision")),
@@ -134,7 +136,7 @@ def plot_is_vs_fid(sweep: Sweep, path: Path) -> Path:
         if not pts:
             continue
         f, i = [p.value("fid") for p in pts], [p.value("is") for p in pts]
-        style = dict(marker="*", ms=12, ls="none") if pts[0].strategy == "none" else dict(marker="o")
+        style = dict(marker="*", ms=12, ls="none") if pts[0].baseline else dict(marker="o")
         ax.errorbar(f, i, xerr=[p.spread("fid") or 0 for p in pts], yerr=[p.spread("is") or 0 for p in pts],
                     label=key, capsize=2, **style)
         everything += list(zip(f, i))

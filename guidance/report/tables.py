@@ -1,13 +1,10 @@
 """Tradeoff tables in the papers' layouts, written as Markdown, CSV and LaTeX (booktabs).
 
-Table kinds (each emitted only when the sweep has points of it):
-  classifier      ADM Table 4 (Dhariwal & Nichol 2021): rows model (unconditional, conditional) x guidance
-                  (none, classifier) x scale s; FID, sFID, IS, Precision, Recall, NFE and classifier passes per sample.
-  cfg             Ho & Salimans 2022 Table 1: one row per w; FID, sFID, IS, Precision, Recall, NFE per sample.
-  cfg_interval    CFG in a limited interval of timesteps (Kynkäänniemi et al. 2024): as cfg, one row per (w, interval)
-                  (its NFE per sample counts only the guided steps double).
-  cfg_classifier  CFG + classifier guidance: one row per (w, s).
-Points whose strategy is unknown (failed before writing anything Hydra could tell) go at the end of the first table.
+Each guidance strategy describes its own table (guidance.guiders: TableSpec + describe): its title, key columns,
+cost columns and which unguided baselines head it, e.g. ADM Table 4 (Dhariwal & Nichol 2021: model x guidance x s,
+both models) or Ho & Salimans 2022 Table 1 (one row per w, the conditional model's unguided point as w = 0).
+A table is emitted when the sweep has a guided point of it; nothing here names a strategy. Points whose strategy
+is unknown (failed before writing anything Hydra could tell) go at the end of the first table.
 
 Best per column: bold (md/tex) or `<metric>_best == "best"` (csv). Not called when the runner-up lies within the
 spread: the intervals best ± std and runner-up ± std overlap (missing std counts as 0, so exact ties are not
@@ -20,40 +17,35 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from guidance.report.collect import METRICS, MODEL_ORDER, OK, STRATEGY_ORDER, Point, Sweep, is_finite
+from guidance.guiders import TableSpec
+from guidance.report.collect import METRICS, MODEL_ORDER, OK, Point, Sweep, is_finite
 
 DASH = "–"  # missing value
 PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; csv carries all METRICS
-CFG_KINDS = ("cfg", "cfg_interval")  # one row per w, no classifier columns
-
-KINDS = {
-    "classifier": dict(title="Classifier guidance (ADM Table 4 layout)", strategies=("none", "classifier")),
-    # w = 0 of CFG is the unguided conditional model: its `none` point heads the CFG table.
-    "cfg": dict(title="Classifier-free guidance (Ho & Salimans 2022 layout)", strategies=("none", "cfg"),
-                conditional_only=True),
-    "cfg_interval": dict(title="CFG in a limited interval (Kynkäänniemi et al. 2024)",
-                         strategies=("none", "cfg_interval"), conditional_only=True),
-    "cfg_classifier": dict(title="Classifier-free + classifier guidance", strategies=("cfg_classifier",)),
-}
+UNKNOWN = TableSpec("unknown", "Points of unknown strategy", ("Model", "Guidance", "Scale"), order=99,
+                    classifier_cost=True)
 
 
 @dataclass
 class Table:
-    kind: str
-    title: str
+    spec: TableSpec
     rows: list[Point]
-    caption: str
+    caption: str = ""
     best: dict[str, int] = field(default_factory=dict)       # metric -> row index of the called best
     not_called: dict[str, str] = field(default_factory=dict)  # metric -> why no best was marked
 
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
 
-def _num_or_inf(x):
-    return x if x is not None else float("inf")
+    @property
+    def title(self) -> str:
+        return self.spec.title
 
 
 def _sort_key(p: Point):
-    return (MODEL_ORDER[p.conditional], STRATEGY_ORDER.get(p.strategy, 9), _num_or_inf(p.w),
-            _num_or_inf(p.classifier_scale), _num_or_inf(p.scale), p.name)
+    return (MODEL_ORDER[p.conditional], not p.baseline, p.desc.sort if p.desc and not p.baseline else (),
+            p.scale if p.scale is not None else float("inf"), p.name)
 
 
 def fmt(x: float | None, decimals: int) -> str:
@@ -91,20 +83,22 @@ def _caption(sweep: Sweep, rows: list[Point]) -> str:
     return ". ".join(parts) + "."
 
 
+def _table_rows(spec: TableSpec, points: list[Point]) -> list[Point]:
+    """The table's own points, headed by the baselines of the models it lists, unless the sweep ran that model's
+    unguided point inside the table itself (e.g. CFG at w = 0)."""
+    own = [p for p in points if p.desc and p.desc.table == spec]
+    ran_unguided = {p.model for p in own if p.desc.unguided}
+    baselines = [p for p in points if p.baseline and p.model in spec.baseline_models and p.model not in ran_unguided]
+    return sorted(own + baselines, key=_sort_key)
+
+
 def build_tables(sweep: Sweep) -> list[Table]:
-    tables = []
-    unknown = sorted((p for p in sweep.points if p.strategy not in STRATEGY_ORDER), key=_sort_key)
-    for kind, spec in KINDS.items():
-        rows = sorted((p for p in sweep.points if p.strategy in spec["strategies"]
-                       and (p.conditional or not spec.get("conditional_only"))), key=_sort_key)
-        if spec.get("conditional_only") and any(p.strategy != "none" and p.w == 0 for p in rows):
-            rows = [p for p in rows if p.strategy != "none"]  # the sweep ran w = 0 itself
-        if not any(p.strategy != "none" for p in rows):  # a baseline alone makes no CFG table
-            continue
-        tables.append(Table(kind, spec["title"], rows, ""))
+    specs = sorted({p.desc.table for p in sweep.points if p.desc and p.desc.table}, key=lambda s: (s.order, s.kind))
+    tables = [Table(spec, _table_rows(spec, sweep.points)) for spec in specs]
+    unknown = sorted((p for p in sweep.points if p.desc is None), key=_sort_key)
     if unknown:  # never drop a point: failed jobs that said nothing go under the first table
         if not tables:
-            tables.append(Table("classifier", KINDS["classifier"]["title"], [], ""))
+            tables.append(Table(UNKNOWN, []))
         tables[0].rows.extend(unknown)
     for t in tables:
         t.caption = _caption(sweep, t.rows)
@@ -120,31 +114,30 @@ def build_tables(sweep: Sweep) -> list[Table]:
 # ---- cells shared by md and tex ----
 
 def _scale_cells(t: Table, p: Point) -> list[str]:
-    g = lambda x: DASH if x is None else f"{x:g}"
-    if t.kind == "cfg_interval":
-        return [g(p.scale), p.interval or DASH]
-    if t.kind == "cfg":
-        return [g(p.scale)]
-    if t.kind == "cfg_classifier":
-        return [g(p.w), g(p.classifier_scale)]
-    return [p.model, p.strategy or "?", g(p.scale)]
+    n = len(t.spec.key_headers)
+    if p.baseline:
+        return [c.format(model=p.model) for c in t.spec.baseline_cells][:n] + [DASH] * (n - len(t.spec.baseline_cells))
+    if p.desc is not None and p.desc.table == t.spec:
+        return list(p.desc.cells)
+    cells = [p.model, p.strategy or "?", DASH if p.scale is None else f"{p.scale:g}"]  # unknown strategy
+    return cells[:n] + [DASH] * (n - len(cells))
 
 
 def _key_headers(t: Table) -> list[str]:
-    return {"cfg": ["w"], "cfg_interval": ["w", "Interval t"], "cfg_classifier": ["w", "s"]}.get(t.kind, ["Model", "Guidance", "Scale s"])
+    return list(t.spec.key_headers)
 
 
 def _cost_cells(t: Table, p: Point) -> list[str]:
     g = lambda x: DASH if x is None else f"{x:g}"
     cells = [g(p.nfe)]
-    if t.kind not in CFG_KINDS:
+    if t.spec.classifier_cost:
         cells.append(DASH if p.classifier_forward is None and p.classifier_backward is None
                      else f"{g(p.classifier_forward)}/{g(p.classifier_backward)}")
     return cells
 
 
 def _cost_headers(t: Table) -> list[str]:
-    return ["NFE/sample"] + ([] if t.kind in CFG_KINDS else ["Classifier fwd/bwd per sample"])
+    return ["NFE/sample"] + (["Classifier fwd/bwd per sample"] if t.spec.classifier_cost else [])
 
 
 def _metric_cell(p: Point, metric: str, pm: str, bold) -> str:
@@ -222,7 +215,7 @@ def to_latex(tables: list[Table]) -> str:
                 " & ".join(tex_escape(h) for h in headers) + " \\\\", "\\midrule"]
         prev_model = None
         for p, row in zip(t.rows, body):
-            if t.kind == "classifier" and prev_model is not None and p.conditional != prev_model:
+            if len(t.spec.baseline_models) > 1 and prev_model is not None and p.conditional != prev_model:
                 out.append("\\midrule")  # ADM Table 4 separates the unconditional and conditional blocks
             prev_model = p.conditional
             cells = [tex_escape(c).replace("\x00", "\\textbf{").replace("\x01", "}") for c in row]
@@ -234,7 +227,7 @@ def to_latex(tables: list[Table]) -> str:
 
 
 def csv_columns() -> list[str]:
-    cols = ["table", "model", "strategy", "scale", "classifier_scale", "cfg_scale"]
+    cols = ["table", "model", "strategy", "scale", "classifier_scale", "x", "series"]
     for m in METRICS:
         cols += [m, f"{m}_std", f"{m}_best"]
     return cols + ["nfe_per_sample", "classifier_forward_per_sample", "classifier_backward_per_sample",
@@ -244,8 +237,8 @@ def csv_columns() -> list[str]:
 def to_csv(tables: list[Table]) -> str:
     """One long CSV over all tables (a `table` column tells which); missing numbers are empty cells.
 
-    `scale` is the point's own scale; `cfg_scale` is w for cfg, cfg_interval and cfg_classifier rows,
-    `classifier_scale` s.
+    `scale` is the point's own scale (s or w), `classifier_scale` the s of a combined strategy, `x` the value the
+    plots sweep and `series` the curve it belongs to.
     """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
@@ -254,7 +247,8 @@ def to_csv(tables: list[Table]) -> str:
     for t in tables:
         for i, p in enumerate(t.rows):
             row = dict(table=t.kind, model=p.model, strategy=e(p.strategy), scale=e(p.scale),
-                       classifier_scale=e(p.classifier_scale), cfg_scale=e(p.w),
+                       classifier_scale=e(p.classifier_scale), x=e(p.x),
+                       series=p.desc.series if p.desc else "",
                        nfe_per_sample=e(p.nfe), classifier_forward_per_sample=e(p.classifier_forward),
                        classifier_backward_per_sample=e(p.classifier_backward), num_samples=e(p.num_samples),
                        seed=e(p.seed), sampler=e(p.sampler), steps=e(p.steps), extractor=e(p.metrics.get("extractor")),

@@ -49,7 +49,7 @@ def log_summary(sweep: Sweep, csv_text: str, plots: dict[str, Path], logger_cfg,
         log = {"tradeoff/table": wandb.Table(columns=rows[0], data=[[_cell(c) for c in r] for r in rows[1:]])}
         for metric in ("fid", "is", "precision", "recall"):
             series = {k: [p for p in pts if is_finite(p.value(metric)) and x_of(p) is not None]
-                      for k, pts in group_series(sweep.points).items() if pts[0].strategy != "none"}
+                      for k, pts in group_series(sweep.points).items() if not pts[0].baseline}
             series = {k: pts for k, pts in series.items() if pts}
             if series:
                 log[f"tradeoff/charts/{metric}_vs_scale"] = wandb.plot.line_series(

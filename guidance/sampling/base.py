@@ -1,39 +1,83 @@
-"""What every sampler shares: the reverse loop over a (possibly respaced) schedule; subclasses write `step`."""
+"""What every sampler shares: the chain's timesteps, the initial noise, the loop; subclasses write `step`.
+
+Samplers never call a network: they ask a guided denoiser (guidance.sampling.denoiser) for the prediction at a
+Step and get ε / x̂0 (and a classifier gradient term to apply in their own form). Every sampler starts from
+x ~ N(0, I) at its first (noisiest) timestep, ADM's prior.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from guidance.diffusion import GaussianDiffusion, respace_betas
 from guidance.errors import GuidanceError
+from guidance.sampling.grid import kept_timesteps, sigmas_of, snap_to_timestep
+from guidance.sampling.prediction import Step
 
 
 class Sampler:
-    name = "sampler"
-    eta: float | None = None
+    """diffusion: the model's schedule. respacing: which of its timesteps the chain visits ("" / None: all, or as
+    given by an already respaced diffusion); ADM specs or "edmN" (sigma_min, sigma_max, rho shape the edm grid)."""
 
-    def __init__(self, diffusion, clip_denoised: bool = True):
-        self.diffusion = diffusion
+    name = "sampler"
+    label = "sampler"  # the report's name for it (subclasses add their parameters)
+
+    def __init__(self, diffusion: GaussianDiffusion, respacing: str | int | None = None, clip_denoised: bool = True,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
+        self.trained_t = diffusion.timestep_map.numpy()         # timesteps the networks know (for snapping)
+        self.trained_sigmas = sigmas_of(diffusion.alphas_cumprod)
+        if respacing not in (None, ""):
+            if not np.array_equal(self.trained_t, np.arange(diffusion.num_timesteps)):
+                raise GuidanceError("pass the un-respaced diffusion together with sampler.respacing (not both respaced)")
+            kept = kept_timesteps(diffusion.alphas_cumprod, respacing, sigma_min, sigma_max, rho)
+            betas, kept = respace_betas(diffusion.betas, kept)
+            diffusion = GaussianDiffusion(betas, model_var_type=diffusion.model_var_type, loss_type=diffusion.loss_type,
+                                          timestep_map=kept)
+        self.diffusion = diffusion  # the chain's own (respaced) process: DDPM's posterior and variances
+        self.respacing = "" if respacing is None else str(respacing)
         self.clip_denoised = bool(clip_denoised)
 
     @property
     def steps(self) -> int:
         return self.diffusion.num_timesteps
 
-    def step(self, model, guider, x: torch.Tensor, i: int, y: torch.Tensor, rng) -> torch.Tensor:
-        """x_i -> x_{i-1}; i indexes this sampler's (respaced) schedule."""
+    def step_at(self, i: int) -> Step:
+        """Chain position i (0 = noisiest) as a Step: original t and its ᾱ."""
+        j = self.steps - 1 - i  # index into the (respaced) schedule, which runs from low to high noise
+        return Step(int(self.diffusion.timestep_map[j]), float(self.diffusion.alphas_cumprod[j]), i, self.steps)
+
+    def snapped_step(self, sigma: float, i: int) -> Step:
+        """A trained timestep for a σ off the chain's grid (grid.py: nearest in log σ)."""
+        k = snap_to_timestep(sigma, self.trained_sigmas)
+        ab = 1.0 / (1.0 + float(self.trained_sigmas[k]) ** 2)
+        return Step(int(self.trained_t[k]), ab, i, self.steps)
+
+    def evaluation_steps(self) -> list[Step]:
+        """Every denoiser evaluation of one chain, in order (one per step unless a subclass says otherwise)."""
+        return [self.step_at(i) for i in range(self.steps)]
+
+    def info(self) -> dict:
+        return {"sampler": self.name, "sampler_label": self.label, "steps": self.steps, "respacing": self.respacing,
+                "clip_denoised": self.clip_denoised, "timesteps": [s.t for s in self.evaluation_steps()]}
+
+    def step(self, denoiser, x: torch.Tensor, i: int, y: torch.Tensor, rng) -> torch.Tensor:
         raise NotImplementedError
 
+    def run(self, denoiser, x, y, rng, progress: bool) -> torch.Tensor:
+        for i in tqdm(range(self.steps), desc=self.label, disable=not progress, leave=False):
+            x = self.step(denoiser, x, i, y, rng)
+        return x
+
     @torch.no_grad()
-    def sample(self, model, guider, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
+    def sample(self, denoiser, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
         """shape = [B, C, H, W]; y = target labels [B]; rng = PerImageRNG (or anything with randn(shape))."""
         x = check_inputs(shape, y, rng)
-        desc = self.name if self.eta is None else f"{self.name} eta={self.eta:g}"
-        for i in tqdm(range(self.steps)[::-1], desc=desc, disable=not progress, leave=False):
-            x = self.step(model, guider, x, i, y, rng)
-        return x
+        denoiser.reset(len(y))
+        return self.run(denoiser, x, y, rng, progress)
 
 
 def check_inputs(shape, y, rng) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""DDPM ancestral sampling (Ho et al. 2020, Alg. 2) over a possibly respaced GaussianDiffusion, with any guider.
+"""DDPM ancestral sampling (Ho et al. 2020, Alg. 2) on the chain's (respaced) process, with any guider.
 
-x_{t−1} = μ'(x_t) + σ_t z, where μ' is the model's posterior mean after guider.condition_mean (ADM Alg. 1);
+x_{t−1} = μ(x_t, x̂0) + Σ·grad + σ_t z: μ is the posterior mean at the (clipped) x̂0, Σ the model's variance
+(fixed, or learned-range from the prediction's v), grad the guider's classifier term s∇log p (ADM Alg. 1);
 no noise at the last step.
 """
 
@@ -12,14 +13,16 @@ from guidance.sampling.base import Sampler
 
 
 class DDPMSampler(Sampler):
-    name = "ddpm"
+    name = label = "ddpm"
 
-    def step(self, model, guider, x, i: int, y, rng):
-        d = self.diffusion
-        t = torch.full((len(x),), i, dtype=torch.long, device=x.device)   # index into this (respaced) schedule
-        t_orig = d.timestep_map.to(x.device)[t]                             # what the networks see
-        out = d.p_mean_variance(guider.model_output(model, x, t_orig, y), x, t, clip_denoised=self.clip_denoised)
-        mean = guider.condition_mean(out["mean"], out["variance"], x, t_orig, y)
-        if i == 0:
+    def step(self, denoiser, x, i: int, y, rng):
+        d, step = self.diffusion, self.step_at(i)
+        pred = denoiser(x, y, step, clip=self.clip_denoised)
+        j = torch.full((len(x),), self.steps - 1 - i, dtype=torch.long, device=x.device)
+        mean, _, _ = d.q_posterior_mean_variance(pred.x0, x, j)
+        variance, log_variance = d.p_variance(j, x.shape, pred.var_v)
+        if pred.grad is not None:
+            mean = mean + variance * pred.grad
+        if i == self.steps - 1:
             return mean
-        return mean + torch.exp(0.5 * out["log_variance"]) * rng.randn(x.shape[1:]).to(x.dtype)
+        return mean + torch.exp(0.5 * log_variance) * rng.randn(x.shape[1:]).to(x.dtype)

@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,167 +72,261 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         distributed.cleanup()
 
 
-def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str, Any]:
-    t_cfg, device = cfg.training, env.device
-    if t_cfg.batch_size % env.world_size:
-        raise GuidanceError(f"training.batch_size={t_cfg.batch_size} must be divisible by the {env.world_size} "
-                            "processes; it is the global batch")
-    local_batch = t_cfg.batch_size // env.world_size
-    roles = [r for r in ROLES if t_cfg[f"train_{r}"]]
-    state_path = run_dir / "checkpoints" / "state.pt"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+@dataclass
+class _Run:
+    """Everything one training run shares between its phases (built once by `_setup`)."""
 
-    # ---- data: the whole split lives in memory as uint8 (60k Fashion-MNIST images are 47 MB) -------------
+    cfg: DictConfig
+    env: distributed.DistEnv
+    run_dir: Path
+    resolved: dict
+    roles: list[str]
+    images: torch.Tensor
+    labels: torch.Tensor
+    pin: bool
+    diffusion: Any
+    timestep_map: torch.Tensor  # respaced index -> original t, on the device (the classifier's t input)
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    opts: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    emas: dict[str, EMA] = field(default_factory=dict)
+    lrs: dict[str, float] = field(default_factory=dict)
+    wds: dict[str, float] = field(default_factory=dict)
+    arch: dict = field(default_factory=dict)
+    step: int = 0
+    carried: dict = field(default_factory=dict)  # saved networks not trained now
+    wrapped: dict[str, torch.nn.Module] = field(default_factory=dict)  # DDP-wrapped under torchrun
+    amp: bool = False
+    wandb_run: Any = None
+
+    @property
+    def t_cfg(self) -> DictConfig:
+        return self.cfg.training
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.cfg.data.num_classes)
+
+    @property
+    def local_batch(self) -> int:
+        return self.t_cfg.batch_size // self.env.world_size
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "state.pt"
+
+    def result(self, metrics: dict[str, float], resumed: bool) -> dict[str, Any]:
+        return {"step": self.step, "run_dir": str(self.run_dir), "state": str(self.state_path), "metrics": metrics,
+                "resumed": resumed, **{r: str(self.run_dir / f"{r}.pt") for r in self.roles}}
+
+
+def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str, Any]:
+    if cfg.training.batch_size % env.world_size:
+        raise GuidanceError(f"training.batch_size={cfg.training.batch_size} must be divisible by the "
+                            f"{env.world_size} processes; it is the global batch")
+    run = _setup(cfg, run_dir, env)
+    _build_networks(run)
+    if run.state_path.exists() and _resume(run):
+        return run.result({}, resumed=True)  # already trained to total_steps
+    _start(run)
+    start_step = run.step
+    metrics = _loop(run)
+    out = run.result(metrics, resumed=start_step > 0)
+    if env.is_main:
+        run.wandb_run.finish()
+        print(f"checkpoints at step {run.step}: {run.state_path} (resume), "
+              + ", ".join(str(run_dir / f"{r}.pt") for r in run.roles) + " (snapshots)")
+    return out
+
+
+def _setup(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> _Run:
+    """Data and diffusion; the networks come next (`_build_networks`)."""
+    roles = [r for r in ROLES if cfg.training[f"train_{r}"]]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # the whole split lives in memory as uint8 (60k Fashion-MNIST images are 47 MB)
     images, labels = load_dataset(cfg.data, "train")
-    num_classes = int(cfg.data.num_classes)
-    pin = device.type == "cuda"
+    pin = env.device.type == "cuda"
     if pin:
         images, labels = images.pin_memory(), labels.pin_memory()
-
-    # ---- diffusion, networks, optimizers, EMAs ---------------------------------------------------------------
     diffusion = instantiate(cfg.diffusion)
-    T = diffusion.num_timesteps
-    timestep_map = diffusion.timestep_map.to(device)
+    return _Run(cfg=cfg, env=env, run_dir=run_dir, resolved=resolved, roles=roles, images=images, labels=labels,
+                pin=pin, diffusion=diffusion, timestep_map=diffusion.timestep_map.to(env.device))
+
+
+def _build_networks(run: _Run) -> None:
+    """Networks, AdamW optimizers and EMAs of the roles trained now, each seeded the same on every rank."""
+    t_cfg, resolved = run.t_cfg, run.resolved
     model_cfgs = {"unet": resolved["model"], "classifier": resolved["classifier"]}
-    lrs = {"unet": t_cfg.unet_lr, "classifier": t_cfg.classifier_lr}
-    wds = {"unet": t_cfg.unet_weight_decay, "classifier": t_cfg.classifier_weight_decay}
+    run.lrs = {"unet": t_cfg.unet_lr, "classifier": t_cfg.classifier_lr}
+    run.wds = {"unet": t_cfg.unet_weight_decay, "classifier": t_cfg.classifier_weight_decay}
     ema_rates = {"unet": t_cfg.ema_rate, "classifier": t_cfg.get("classifier_ema_rate")}
-    models, opts, emas = {}, {}, {}
-    for role in roles:
+    for role in run.roles:
         torch.manual_seed(mixed_seed(t_cfg.seed, 1 << 21, ROLES.index(role)))  # same init on every rank
-        models[role] = instantiate(model_cfgs[role], _convert_="all").to(device)
-        opts[role] = torch.optim.AdamW(models[role].parameters(), lr=lrs[role], weight_decay=wds[role])
+        model = run.models[role] = instantiate(model_cfgs[role], _convert_="all").to(run.device)
+        run.opts[role] = torch.optim.AdamW(model.parameters(), lr=run.lrs[role], weight_decay=run.wds[role])
         if ema_rates[role] is not None:
-            emas[role] = EMA(models[role], ema_rates[role], warmup=t_cfg.get("ema_warmup", True))
-    if "unet" in models and getattr(models["unet"], "num_classes", None) != num_classes:
-        raise GuidanceError(f"the U-Net has num_classes={getattr(models['unet'], 'num_classes', None)} but the data "
-                            f"has {num_classes}; label dropout needs a conditional net with the null label "
+            run.emas[role] = EMA(model, ema_rates[role], warmup=t_cfg.get("ema_warmup", True))
+    num_classes = run.num_classes
+    if "unet" in run.models and getattr(run.models["unet"], "num_classes", None) != num_classes:
+        raise GuidanceError(f"the U-Net has num_classes={getattr(run.models['unet'], 'num_classes', None)} but the "
+                            f"data has {num_classes}; label dropout needs a conditional net with the null label "
                             f"{num_classes} (keep model.num_classes: ${{data.num_classes}})")
+    run.arch = {"diffusion": resolved["diffusion"], **{r: model_cfgs[r] for r in run.roles}}
 
-    # ---- resume ----------------------------------------------------------------------------------------------
-    arch = {"diffusion": resolved["diffusion"], **{r: model_cfgs[r] for r in roles}}
-    step, carried = 0, {}
-    if state_path.exists():
-        state = load_training_state(state_path, arch)
-        step = int(state["step"])
-        for role in roles:
-            if role not in state["models"]:
-                log.info("%s: no %s in it, that network starts from scratch", state_path, role)
-                continue
-            saved = state["models"][role]
-            models[role].load_state_dict(saved["model"])
-            opts[role].load_state_dict(saved["optimizer"])
-            for group in opts[role].param_groups:  # the configured lr / weight decay win over the stored ones
-                group["lr"], group["weight_decay"] = lrs[role], wds[role]
-            if role in emas:
-                if saved.get("ema") is not None:
-                    emas[role].load_state_dict(saved["ema"])
-                else:
-                    log.info("%s: %s had no EMA; starting it from the current weights", state_path, role)
-        # networks not trained now are carried over unchanged, so a later run can continue them
-        carried = {r: s for r, s in state["models"].items() if r not in roles}
-        if env.is_main:
-            print(f"resuming from {state_path} at step {step}")
-        if step >= t_cfg.total_steps:
-            if env.is_main:
-                print(f"already trained to step {step} (training.total_steps={t_cfg.total_steps}); raise "
-                      f"training.total_steps to continue. Checkpoints: {run_dir}")
-            return {"step": step, "run_dir": str(run_dir), "state": str(state_path), "metrics": {}, "resumed": True,
-                    **{r: str(run_dir / f"{r}.pt") for r in roles}}
-        del state
 
-    wrapped = {r: DDP(m, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else m
-               for r, m in models.items()}
-    amp = bool(cfg.get("amp", False)) and device.type == "cuda"
-    wandb_run = None
+def _resume(run: _Run) -> bool:
+    """Load state.pt into the networks trained now; True when it is already at training.total_steps."""
+    state_path, total = run.state_path, run.t_cfg.total_steps
+    state = load_training_state(state_path, run.arch)
+    run.step = int(state["step"])
+    for role in run.roles:
+        if role not in state["models"]:
+            log.info("%s: no %s in it, that network starts from scratch", state_path, role)
+            continue
+        _load_role(run, role, state["models"][role])
+    # networks not trained now are carried over unchanged, so a later run can continue them
+    run.carried = {r: s for r, s in state["models"].items() if r not in run.roles}
+    if run.env.is_main:
+        print(f"resuming from {state_path} at step {run.step}")
+    if run.step >= total:
+        if run.env.is_main:
+            print(f"already trained to step {run.step} (training.total_steps={total}); raise "
+                  f"training.total_steps to continue. Checkpoints: {run.run_dir}")
+        return True
+    return False
+
+
+def _load_role(run: _Run, role: str, saved: dict) -> None:
+    run.models[role].load_state_dict(saved["model"])
+    run.opts[role].load_state_dict(saved["optimizer"])
+    for group in run.opts[role].param_groups:  # the configured lr / weight decay win over the stored ones
+        group["lr"], group["weight_decay"] = run.lrs[role], run.wds[role]
+    if role in run.emas:
+        if saved.get("ema") is not None:
+            run.emas[role].load_state_dict(saved["ema"])
+        else:
+            log.info("%s: %s had no EMA; starting it from the current weights", run.state_path, role)
+
+
+def _start(run: _Run) -> None:
+    """DDP wrapping, autocast switch, and (rank 0) wandb and the opening log line."""
+    env, device = run.env, run.device
+    run.wrapped = {r: DDP(m, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else m
+                   for r, m in run.models.items()}
+    run.amp = bool(run.cfg.get("amp", False)) and device.type == "cuda"
     if env.is_main:
-        wandb_run = init_wandb(cfg.logger, job_type="train", config=resolved, name=run_dir.name, dir=run_dir)
-        n_params = {r: sum(p.numel() for p in m.parameters()) for r, m in models.items()}
-        log.info("training %s on %s (%d process(es)), params %s, %d images", "+".join(roles), device,
-                 env.world_size, n_params, len(images))
+        run.wandb_run = init_wandb(run.cfg.logger, job_type="train", config=run.resolved, name=run.run_dir.name,
+                                   dir=run.run_dir)
+        n_params = {r: sum(p.numel() for p in m.parameters()) for r, m in run.models.items()}
+        log.info("training %s on %s (%d process(es)), params %s, %d images", "+".join(run.roles), device,
+                 env.world_size, n_params, len(run.images))
 
-    # ---- the loop --------------------------------------------------------------------------------------------
-    meter = _Meter(device)
+
+def _loop(run: _Run) -> dict[str, float]:
+    """Steps from run.step to training.total_steps, with logging, sample grids and checkpoints on cadence."""
+    t_cfg, env = run.t_cfg, run.env
+    meter = _Meter(run.device)
     metrics: dict[str, float] = {}
-    bar = tqdm(total=t_cfg.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=t_cfg.total_steps, initial=run.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (env.is_main and t_cfg.get("progress", True)))
-    start_step = step
-    tic, tic_step = time.perf_counter(), step
-    for m in models.values():
+    tic, tic_step = time.perf_counter(), run.step
+    for m in run.models.values():
         m.train()
-    while step < t_cfg.total_steps:
-        # Indices: one draw per global batch from (seed, step); each rank takes its own slice of it.
-        g = torch.Generator().manual_seed(mixed_seed(t_cfg.seed, step, 1 << 20))
-        idx = torch.randint(len(images), (t_cfg.batch_size,), generator=g)
-        idx = idx[env.rank * local_batch:(env.rank + 1) * local_batch]
-        x0 = to_model_range(images[idx].to(device, non_blocking=pin))
-        y = labels[idx].to(device, non_blocking=pin)
+    while run.step < t_cfg.total_steps:
+        x0, y = _batch(run)
         # Everything else (t, noise, label dropout, network dropout) from the global RNG reseeded per step/rank.
-        torch.manual_seed(mixed_seed(t_cfg.seed, step, env.rank))
-
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-        if "unet" in models:
-            t = torch.randint(T, (local_batch,), device=device)
-            noise = torch.randn_like(x0)
-            drop = torch.rand(local_batch, device=device) < t_cfg.p_uncond
-            y_in = torch.where(drop, torch.full_like(y, num_classes), y)
-            with autocast:
-                losses = diffusion.training_losses(wrapped["unet"], x0, t, y_in, noise=noise)
-            loss = losses["loss"].float().mean()
-            gnorm = _step(opts["unet"], models["unet"], loss, t_cfg.grad_clip)
-            meter.add("unet/loss", loss)
-            meter.add("unet/mse", losses["mse"].mean())
-            if "vb" in losses:
-                meter.add("unet/vb", losses["vb"].mean())
-            meter.add("unet/grad_norm", gnorm)
-        if "classifier" in models:
-            t_c = torch.randint(T, (local_batch,), device=device)  # its own draw of t
-            x_t = diffusion.q_sample(x0, t_c, torch.randn_like(x0))
-            with autocast:
-                logits = wrapped["classifier"](x_t, timestep_map[t_c]).float()
-            loss_c = F.cross_entropy(logits, y)
-            gnorm_c = _step(opts["classifier"], models["classifier"], loss_c, t_cfg.grad_clip)
-            meter.add("clf/loss", loss_c)
-            meter.add("clf/grad_norm", gnorm_c)
-            # Accuracy per noise-level quartile: q1 = least noisy t in [0, T/4), q4 = nearly pure noise.
-            meter.add_quartiles((logits.argmax(1) == y).float(), t_c * 4 // T)
-        for role, ema in emas.items():
-            ema.update(models[role], step)
-        step += 1
+        torch.manual_seed(mixed_seed(t_cfg.seed, run.step, env.rank))
+        _train_step(run, x0, y, meter)
+        run.step += 1
         bar.update(1)
-
-        if step % t_cfg.log_every == 0 or step == t_cfg.total_steps:
-            elapsed = time.perf_counter() - tic
-            metrics = meter.reduce()
-            metrics["throughput/img_per_s"] = (step - tic_step) * t_cfg.batch_size / max(elapsed, 1e-9)
-            metrics["throughput/steps_per_s"] = (step - tic_step) / max(elapsed, 1e-9)
-            for role in roles:
-                metrics[f"lr/{role}"] = opts[role].param_groups[0]["lr"]
+        if run.step % t_cfg.log_every == 0 or run.step == t_cfg.total_steps:
+            metrics = _log_metrics(run, meter, bar, time.perf_counter() - tic, run.step - tic_step)
+            tic, tic_step = time.perf_counter(), run.step
+        if "unet" in run.models and t_cfg.sample_every and run.step % t_cfg.sample_every == 0 and env.is_main:
+            png = _sample_grid(run.cfg, run.models["unet"], run.emas.get("unet"), run.run_dir, run.step, run.device)
+            log.info("step %d: sample grid %s", run.step, png)
+            log_images(run.wandb_run, {"samples": png}, step=run.step)
+            run.models["unet"].train()
+        if (t_cfg.checkpoint_every and run.step % t_cfg.checkpoint_every == 0) or run.step == t_cfg.total_steps:
             if env.is_main:
-                bar.set_postfix({k.split("/")[0]: f"{v:.4f}" for k, v in metrics.items() if k.endswith("/loss")})
-                log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-                wandb_run.log(metrics, step=step)
-            tic, tic_step = time.perf_counter(), step
-
-        if "unet" in models and t_cfg.sample_every and step % t_cfg.sample_every == 0 and env.is_main:
-            png = _sample_grid(cfg, models["unet"], emas.get("unet"), run_dir, step, device)
-            log.info("step %d: sample grid %s", step, png)
-            log_images(wandb_run, {"samples": png}, step=step)
-            models["unet"].train()
-
-        if (t_cfg.checkpoint_every and step % t_cfg.checkpoint_every == 0) or step == t_cfg.total_steps:
-            if env.is_main:
-                _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, carried)
+                _save(run.cfg, run.resolved, run.arch, run.run_dir, run.state_path, run.step, run.models, run.opts,
+                      run.emas, run.carried)
             distributed.barrier()
     bar.close()
+    return metrics
 
-    out = {"step": step, "run_dir": str(run_dir), "state": str(state_path), "metrics": metrics, "resumed": start_step > 0,
-           **{r: str(run_dir / f"{r}.pt") for r in roles}}
-    if env.is_main:
-        wandb_run.finish()
-        print(f"checkpoints at step {step}: {state_path} (resume), "
-              + ", ".join(str(run_dir / f"{r}.pt") for r in roles) + " (snapshots)")
-    return out
+
+def _batch(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shard of the step's global batch: x0 in model range and its labels."""
+    t_cfg, local_batch = run.t_cfg, run.local_batch
+    # Indices: one draw per global batch from (seed, step); each rank takes its own slice of it.
+    g = torch.Generator().manual_seed(mixed_seed(t_cfg.seed, run.step, 1 << 20))
+    idx = torch.randint(len(run.images), (t_cfg.batch_size,), generator=g)
+    idx = idx[run.env.rank * local_batch:(run.env.rank + 1) * local_batch]
+    x0 = to_model_range(run.images[idx].to(run.device, non_blocking=run.pin))
+    y = run.labels[idx].to(run.device, non_blocking=run.pin)
+    return x0, y
+
+
+def _train_step(run: _Run, x0: torch.Tensor, y: torch.Tensor, meter: _Meter) -> None:
+    """One update of each trained network on the batch (U-Net first: the RNG draws follow that order), then EMAs."""
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp)
+    if "unet" in run.models:
+        _unet_step(run, x0, y, meter, autocast)
+    if "classifier" in run.models:
+        _classifier_step(run, x0, y, meter, autocast)
+    for role, ema in run.emas.items():
+        ema.update(run.models[role], run.step)
+
+
+def _unet_step(run: _Run, x0: torch.Tensor, y: torch.Tensor, meter: _Meter, autocast) -> None:
+    """Diffusion loss at uniform t, labels dropped to the null label with probability p_uncond."""
+    t_cfg, device, local_batch = run.t_cfg, run.device, run.local_batch
+    t = torch.randint(run.diffusion.num_timesteps, (local_batch,), device=device)
+    noise = torch.randn_like(x0)
+    drop = torch.rand(local_batch, device=device) < t_cfg.p_uncond
+    y_in = torch.where(drop, torch.full_like(y, run.num_classes), y)
+    with autocast:
+        losses = run.diffusion.training_losses(run.wrapped["unet"], x0, t, y_in, noise=noise)
+    loss = losses["loss"].float().mean()
+    gnorm = _step(run.opts["unet"], run.models["unet"], loss, t_cfg.grad_clip)
+    meter.add("unet/loss", loss)
+    meter.add("unet/mse", losses["mse"].mean())
+    if "vb" in losses:
+        meter.add("unet/vb", losses["vb"].mean())
+    meter.add("unet/grad_norm", gnorm)
+
+
+def _classifier_step(run: _Run, x0: torch.Tensor, y: torch.Tensor, meter: _Meter, autocast) -> None:
+    """Cross-entropy of p_phi(y | x_t) at the classifier's own uniform t."""
+    T, device = run.diffusion.num_timesteps, run.device
+    t_c = torch.randint(T, (run.local_batch,), device=device)  # its own draw of t
+    x_t = run.diffusion.q_sample(x0, t_c, torch.randn_like(x0))
+    with autocast:
+        logits = run.wrapped["classifier"](x_t, run.timestep_map[t_c]).float()
+    loss_c = F.cross_entropy(logits, y)
+    gnorm_c = _step(run.opts["classifier"], run.models["classifier"], loss_c, run.t_cfg.grad_clip)
+    meter.add("clf/loss", loss_c)
+    meter.add("clf/grad_norm", gnorm_c)
+    # Accuracy per noise-level quartile: q1 = least noisy t in [0, T/4), q4 = nearly pure noise.
+    meter.add_quartiles((logits.argmax(1) == y).float(), t_c * 4 // T)
+
+
+def _log_metrics(run: _Run, meter: _Meter, bar: tqdm, elapsed: float, steps: int) -> dict[str, float]:
+    """Reduce the meter over ranks, add throughput and lrs; rank 0 shows them (bar, log, wandb)."""
+    metrics = meter.reduce()
+    metrics["throughput/img_per_s"] = steps * run.t_cfg.batch_size / max(elapsed, 1e-9)
+    metrics["throughput/steps_per_s"] = steps / max(elapsed, 1e-9)
+    for role in run.roles:
+        metrics[f"lr/{role}"] = run.opts[role].param_groups[0]["lr"]
+    if run.env.is_main:
+        bar.set_postfix({k.split("/")[0]: f"{v:.4f}" for k, v in metrics.items() if k.endswith("/loss")})
+        log.info("step %d: %s", run.step, " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+        run.wandb_run.log(metrics, step=run.step)
+    return metrics
 
 
 def _step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
@@ -288,7 +383,7 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
                  device: torch.device) -> Path:
     """EMA samples, DDIM (eta 0, `sample_respacing` steps), no guidance; one row per class (at most 10 rows)."""
     from guidance.guiders import NoGuidance
-    from guidance.sampling import DDIMSampler, PerImageRNG
+    from guidance.sampling import DDIMSampler, GuidedDenoiser, PerImageRNG
 
     t_cfg = cfg.training
     model = copy.deepcopy(unet)
@@ -298,10 +393,11 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
     num_classes, per_class = int(cfg.data.num_classes), int(t_cfg.sample_per_class)
     classes = torch.linspace(0, num_classes - 1, min(num_classes, 10)).round().long()
     y = classes.repeat_interleave(per_class).to(device)
-    diffusion = instantiate(cfg.diffusion, timestep_respacing=t_cfg.sample_respacing)
+    # the training (un-respaced) diffusion; the sampler respaces it to `sample_respacing` steps itself
+    sampler = DDIMSampler(instantiate(cfg.diffusion), respacing=t_cfg.sample_respacing, eta=0.0)
+    denoiser = GuidedDenoiser(NoGuidance(), {"unet": model}, null_label=num_classes)
     shape = (len(y), int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
-    x = DDIMSampler(diffusion, eta=0.0).sample(model, NoGuidance(null_label=num_classes), shape, y,
-                                               PerImageRNG(t_cfg.seed, range(len(y)), device=device))
+    x = sampler.sample(denoiser, shape, y, PerImageRNG(t_cfg.seed, range(len(y)), device=device))
     return save_label_grid(to_uint8(x), y, run_dir / "samples" / f"grid_{step:07d}.png", nrow=per_class,
                            max_images=len(y))
 

@@ -1,0 +1,121 @@
+"""The guided denoiser: the one place where networks are called during sampling.
+
+    pred = denoiser(x, y, step)      # networks + one guider + counters
+
+The guider lists the predictions it needs at this step (`Eval`: a denoising network at some labels; `ClassifierGrad`:
+∇_{x_t} log p_φ(labels | x_t)); the denoiser runs each network ONCE with every requested row stacked into one
+batch, hands the named predictions to the guider's `combine`, clips x̂0 if asked, and counts every network row
+and classifier pass as it happens. Samplers see only the result, so any guider works with any sampler.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+
+from guidance.errors import GuidanceError
+from guidance.sampling.prediction import Prediction, Step
+
+Labels = Union[str, Callable[[torch.Tensor], torch.Tensor]]  # "target", "null", or y -> labels
+
+
+@dataclass(frozen=True)
+class Eval:
+    """Request: a denoising network's prediction at the batch's x, at `labels`."""
+
+    name: str
+    labels: Labels = "target"
+    network: str = "unet"
+
+
+@dataclass(frozen=True)
+class ClassifierGrad:
+    """Request: ∇_{x_t} log p_φ(labels | x_t) of a noise-aware classifier (ADM Alg. 1/2), unscaled."""
+
+    name: str
+    labels: Labels = "target"
+    network: str = "classifier"
+
+
+class GuidedDenoiser:
+    """networks: name -> module. Denoising networks take (x, t, labels) and return ε (or [ε, v] with a learned
+    variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class."""
+
+    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int):
+        missing = [n for n in guider.networks if networks.get(n) is None]
+        if missing:
+            raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
+                                f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
+        self.guider, self.networks, self.null_label = guider, networks, int(null_label)
+        self.counts: Counter = Counter()  # rows through each network, classifier forward/backward rows
+        self.images = 0                   # chains started, to report cost per sample
+
+    def reset(self, batch_size: int) -> None:
+        """Start of a chain (a batch of images): the guider drops its per-chain state."""
+        self.images += int(batch_size)
+        self.guider.reset(int(batch_size))
+
+    def labels(self, labels: Labels, y: torch.Tensor) -> torch.Tensor:
+        if labels == "target":
+            return y
+        if labels == "null":
+            return torch.full_like(y, self.null_label)
+        return labels(y)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, step: Step, clip: bool = False) -> Prediction:
+        requests = self.guider.requests(step)
+        preds: dict = {}
+        by_network: dict[str, list[Eval]] = {}
+        for r in requests:
+            if isinstance(r, Eval):
+                by_network.setdefault(r.network, []).append(r)
+            else:
+                preds[r.name] = self.classifier_grad(r, x, y, step)
+        for name, evals in by_network.items():
+            preds.update(self.evaluate(name, evals, x, y, step))
+        pred = self.guider.combine(preds, x, step)
+        return pred.clipped(x, step) if clip else pred
+
+    def evaluate(self, network: str, evals: list[Eval], x, y, step: Step) -> dict[str, Prediction]:
+        """One forward of `network` over every requested label set, split back into named predictions."""
+        k, c = len(evals), x.shape[1]
+        xs = x if k == 1 else torch.cat([x] * k)
+        ys = torch.cat([self.labels(e.labels, y) for e in evals])
+        t = torch.full((len(xs),), step.t, dtype=torch.long, device=x.device)
+        out = self.networks[network](xs, t, ys)
+        self.counts[network] += len(xs)
+        preds = {}
+        for e, chunk in zip(evals, out.chunk(k)):
+            var_v = chunk[:, c:] if chunk.shape[1] > c else None  # learned variance channels, if any
+            preds[e.name] = Prediction.from_eps(x, step, chunk[:, :c], var_v)
+        return preds
+
+    def classifier_grad(self, r: ClassifierGrad, x, y, step: Step) -> torch.Tensor:
+        """Summing the selected log-probs gives each image its own gradient (eval mode: images independent)."""
+        classifier = self.networks[r.network]
+        labels = self.labels(r.labels, y)
+        t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_probs = F.log_softmax(classifier(x_in, t), dim=-1)
+            self.counts[f"{r.network}_forward"] += len(x)
+            selected = log_probs[torch.arange(len(x), device=x.device), labels]
+            grad = torch.autograd.grad(selected.sum(), x_in)[0]
+            self.counts[f"{r.network}_backward"] += len(x)
+        return grad
+
+    def cost_per_sample(self) -> dict[str, float]:
+        """Counted work per image: `nfe` (rows through every denoising network), classifier passes, and
+        `nfe_<network>` for each denoising network other than the U-Net."""
+        n = max(self.images, 1)
+        denoisers = [k for k in self.counts if not k.endswith(("_forward", "_backward"))]
+        out = {"nfe": sum(self.counts[k] for k in denoisers) / n,
+               "classifier_forward": self.counts["classifier_forward"] / n,
+               "classifier_backward": self.counts["classifier_backward"] / n}
+        out.update({f"nfe_{k}": self.counts[k] / n for k in denoisers if k != "unet"})
+        return out

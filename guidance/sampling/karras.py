@@ -1,0 +1,85 @@
+"""Euler and Heun samplers of Karras et al. 2022 ("EDM", Alg. 1-2) on the VP model seen in EDM's form.
+
+The chain runs on x̃ = x_t / sqrt(ᾱ_t) = x̂0 + σ ε, σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), along dx̃/dσ = (x̃ − D(x̃; σ))/σ = ε
+(EDM eq. 3 with s(t) = 1), from σ of the first timestep down to σ = 0. The denoiser sees the VP input
+x_t = x̃ / sqrt(1 + σ²) at an original timestep; a classifier term enters through ε (ADM Alg. 2).
+
+Churn (EDM Alg. 2): γ_i = min(s_churn / N, sqrt(2) − 1) for s_tmin <= σ_i <= s_tmax, else 0;
+σ̂ = σ_i (1 + γ_i) snapped to a trained timestep at or above t_i (grid.py), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z.
+Euler without churn is DDIM with η = 0 on the same timesteps (both are exact Euler steps of this ODE).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from guidance.errors import GuidanceError
+from guidance.sampling.base import Sampler
+from guidance.sampling.prediction import Step
+
+
+class EulerSampler(Sampler):
+    name = "euler"
+    second_order = False
+
+    def __init__(self, diffusion, respacing="edm18", clip_denoised: bool = True, s_churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0, **grid):
+        super().__init__(diffusion, respacing, clip_denoised, **grid)
+        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = map(float, (s_churn, s_tmin, s_tmax, s_noise))
+        if self.s_churn < 0 or self.s_noise <= 0:
+            raise GuidanceError(f"{self.name}: s_churn must be >= 0 and s_noise > 0, got {s_churn}, {s_noise}")
+        self.label = self.name + (f" churn={self.s_churn:g}" if self.s_churn else "")
+
+    def info(self):
+        return {**super().info(), "s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax,
+                "s_noise": self.s_noise}
+
+    def next_sigma(self, i: int) -> float:
+        return self.step_at(i + 1).sigma if i + 1 < self.steps else 0.0
+
+    def churned(self, i: int) -> Step:
+        """Where step i evaluates the denoiser: σ_i, or the churned σ̂ on a trained timestep."""
+        step = self.step_at(i)
+        if self.s_churn == 0 or not (self.s_tmin <= step.sigma <= self.s_tmax):
+            return step
+        gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1)
+        hat = self.snapped_step(step.sigma * (1 + gamma), i)
+        return hat if hat.t > step.t else step
+
+    def evaluation_steps(self) -> list[Step]:
+        out = []
+        for i in range(self.steps):
+            out.append(self.churned(i))
+            if self.second_order and i + 1 < self.steps:
+                out.append(self.step_at(i + 1))
+        return out
+
+    def eps(self, denoiser, x_scaled, y, step: Step) -> torch.Tensor:
+        """dx̃/dσ at (x̃, σ): the guided ε of the VP input x̃ / sqrt(1 + σ²)."""
+        x = x_scaled / math.sqrt(1.0 + step.sigma**2)
+        return denoiser(x, y, step, clip=self.clip_denoised).eps_form(x, step).eps
+
+    def run(self, denoiser, x, y, rng, progress):
+        x = x * math.sqrt(1.0 + self.step_at(0).sigma ** 2)  # VP prior N(0, I) in the scaled variable
+        for i in tqdm(range(self.steps), desc=self.label, disable=not progress, leave=False):
+            sigma, hat = self.step_at(i).sigma, self.churned(i)
+            if hat.sigma > sigma:  # churn: raise the noise level to σ̂ (EDM Alg. 2, lines 5-6)
+                x = x + math.sqrt(hat.sigma**2 - sigma**2) * self.s_noise * rng.randn(x.shape[1:]).to(x.dtype)
+            sigma_next = self.next_sigma(i)
+            d = self.eps(denoiser, x, y, hat)
+            x_next = x + (sigma_next - hat.sigma) * d
+            if self.second_order and sigma_next > 0:  # Heun's correction (EDM Alg. 1, lines 9-11)
+                d_next = self.eps(denoiser, x_next, y, self.step_at(i + 1))
+                x_next = x + (sigma_next - hat.sigma) * 0.5 * (d + d_next)
+            x = x_next
+        return x  # at σ = 0 the scaled variable is x_0 itself
+
+
+class HeunSampler(EulerSampler):
+    """EDM's 2nd-order sampler: two evaluations per step, Euler on the last step (to σ = 0)."""
+
+    name = "heun"
+    second_order = True
