@@ -44,8 +44,9 @@ class CountingNet(torch.nn.Module):
         return torch.cat([out, torch.tanh(x + y.float().reshape(-1, 1, 1, 1) / 10)], dim=1)
 
 
-def den(bed, guider, learn_sigma=False):
-    return GuidedDenoiser(guider, {"unet": CountingNet(bed[0], learn_sigma), "classifier": CountingNet(bed[1])}, K)
+def den(bed, guider, learn_sigma=False, batching="stacked"):
+    nets = {"unet": CountingNet(bed[0], learn_sigma), "classifier": CountingNet(bed[1])}
+    return GuidedDenoiser(guider, nets, K, batching=batching)
 
 
 def noisy_batch(n=256, seed=0, t=None):
@@ -117,6 +118,19 @@ def test_cfg_is_eq6_in_one_batched_forward(bed, learn_sigma):
     if learn_sigma:  # the conditional variance channels are kept
         torch.testing.assert_close(pred.var_v, torch.tanh(x + y.float().reshape(-1, 1, 1, 1) / 10))
     assert pred.grad is None
+
+
+def test_split_batching_runs_one_forward_per_pass_with_the_same_result(bed):
+    x, y, step = noisy_batch(64, t=500)
+    stacked = den(bed, CFGClassifierGuidance(2.0, 1.0))
+    split = den(bed, CFGClassifierGuidance(2.0, 1.0), batching="split")
+    a, b = stacked(x, y, step), split(x, y, step)
+    assert split.networks["unet"].calls == [64, 64] and stacked.networks["unet"].calls == [128]
+    torch.testing.assert_close(a.eps, b.eps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6)
+    assert stacked.counts == split.counts  # cost is the same work, however it is batched
+    with pytest.raises(GuidanceError):
+        GuidedDenoiser(NoGuidance(), {"unet": bed[0]}, K, batching="sometimes")
 
 
 def test_cfg_w0_is_the_conditional_model_exactly(bed):

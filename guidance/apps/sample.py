@@ -97,7 +97,7 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     base = create_diffusion(**{k: v for k, v in unet_meta["diffusion_config"].items()
                                if k not in ("_target_", "timestep_respacing")})
     sampler = build(cfg.sampler, diffusion=base)
-    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"])
+    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching)
     info = {**guider.info(), **sampler.info(), "guider": to_container(cfg.guidance),
             "sampler_config": to_container(cfg.sampler), "num_samples": int(cfg.num_samples), "seed": int(cfg.seed),
             "labels": cfg.labels, "use_ema": bool(cfg.use_ema), "num_classes": mc["num_classes"],

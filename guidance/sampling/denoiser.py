@@ -4,7 +4,8 @@
 
 The guider lists the predictions it needs at this step (`Eval`: a denoising network at some labels; `ClassifierGrad`:
 ∇_{x_t} log p_φ(labels | x_t)); the denoiser runs each network ONCE with every requested row stacked into one
-batch, hands the named predictions to the guider's `combine`, clips x̂0 if asked, and counts every network row
+batch (or, with batching="split", one forward per request: measured faster on CPUs, see
+benchmarks/bench_guidance_cost.py; "auto" stacks on GPUs and splits on CPUs), hands the named predictions to the guider's `combine`, clips x̂0 if asked, and counts every network row
 and classifier pass as it happens. Samplers see only the result, so any guider works with any sampler.
 """
 
@@ -45,12 +46,17 @@ class GuidedDenoiser:
     """networks: name -> module. Denoising networks take (x, t, labels) and return ε (or [ε, v] with a learned
     variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class."""
 
-    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int):
+    BATCHING = ("auto", "stacked", "split")
+
+    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int, batching: str = "auto"):
+        if batching not in self.BATCHING:
+            raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
         if missing:
             raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
                                 f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
         self.guider, self.networks, self.null_label = guider, networks, int(null_label)
+        self.batching = batching
         self.counts: Counter = Counter()  # rows through each network, classifier forward/backward rows
         self.images = 0                   # chains started, to report cost per sample
 
@@ -83,12 +89,15 @@ class GuidedDenoiser:
 
     def evaluate(self, network: str, evals: list[Eval], x, y, step: Step) -> dict[str, Prediction]:
         """One forward of `network` over every requested label set, split back into named predictions."""
-        k, c = len(evals), x.shape[1]
-        xs = x if k == 1 else torch.cat([x] * k)
-        ys = torch.cat([self.labels(e.labels, y) for e in evals])
-        t = torch.full((len(xs),), step.t, dtype=torch.long, device=x.device)
-        out = self.networks[network](xs, t, ys)
-        self.counts[network] += len(xs)
+        k, c, net = len(evals), x.shape[1], self.networks[network]
+        t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
+        labels = [self.labels(e.labels, y) for e in evals]
+        split = self.batching == "split" or (self.batching == "auto" and x.device.type == "cpu")
+        if k == 1 or split:
+            out = torch.cat([net(x, t, ys) for ys in labels])
+        else:
+            out = net(torch.cat([x] * k), torch.cat([t] * k), torch.cat(labels))
+        self.counts[network] += k * len(x)
         preds = {}
         for e, chunk in zip(evals, out.chunk(k)):
             var_v = chunk[:, c:] if chunk.shape[1] > c else None  # learned variance channels, if any
