@@ -326,7 +326,7 @@ def test_app_subprocess(sweep, tmp_path):
 
 
 def test_wandb_summary_logged_in_sweep_group(sweep, tmp_path, monkeypatch):
-    import guidance.apps.common as common
+    import guidance.tracking as common
 
     calls, logged = [], {}
 
@@ -404,3 +404,17 @@ def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
     csv_rows = list(csv.DictReader(io.StringIO(to_csv([tables["cfg_interval"]]))))
     assert [(r["table"], r["x"]) for r in csv_rows] == [("cfg_interval", "0.0"), ("cfg_interval", "1.0"),
                                                                 ("cfg_interval", "2.0")]
+
+
+def test_points_of_several_samplers_get_a_sampler_column_and_curve(tmp_path):
+    root = tmp_path / "samplers"
+    for sampler, label, steps, fid in [("ddim", "ddim eta=0", 20, 4.0), ("heun", "heun", 10, 3.0)]:
+        for w in (0.0, 1.0):
+            info = {**_info("cfg", w, True, 1, 0), "sampler": sampler, "sampler_label": label, "steps": steps}
+            _write_point(root / f"{sampler}-{w:g}", [], info, {"fid": fid + w}, CFG_COLOUR)
+    (t,) = build_tables(collect_sweep(root, progress=False))
+    md = to_markdown([t])
+    assert "| w | Sampler | FID" in md and "| 1 | heun, 10 steps | 4.00" in md and "| 0 | ddim eta=0, 20 steps | 4.00" in md
+    from guidance.report.plots import group_series
+
+    assert sorted(group_series(t.rows)) == ["cfg, ddim eta=0 20", "cfg, heun 10"]

@@ -261,3 +261,14 @@ def test_bad_sampler_input_is_one_line_error(bed):
     with pytest.raises(GuidanceError):
         DDPMSampler(BASE, "4").sample(denoiser(bed, NoGuidance()), (3, 2, 1, 1), torch.zeros(4, dtype=torch.long),
                                       BatchRNG(0, 4))
+
+
+def test_learned_variance_model_needs_a_learned_range_diffusion_for_ddpm(bed):
+    class WithVariance(torch.nn.Module):
+        def forward(self, x, t, y):
+            return torch.cat([bed[0](x, t, y), torch.zeros_like(x)], dim=1)
+    d = GuidedDenoiser(NoGuidance(), {"unet": WithVariance()}, K)
+    with pytest.raises(GuidanceError, match="learned_range"):
+        DDPMSampler(BASE, "5").sample(d, (4, 2, 1, 1), torch.zeros(4, dtype=torch.long), BatchRNG(0, 4))
+    x = DDIMSampler(BASE, "5").sample(d, (4, 2, 1, 1), torch.zeros(4, dtype=torch.long), BatchRNG(0, 4))
+    assert torch.isfinite(x).all()  # ε-form samplers have no use for the variance: they ignore it

@@ -1,4 +1,5 @@
-"""Shared plumbing of the Hydra apps: where conf/ lives, one-line errors, wandb set-up."""
+"""Shared plumbing of the Hydra apps: where conf/ lives, one-line errors; wandb set-up lives in guidance.tracking
+(re-exported here for the apps)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from guidance.errors import GuidanceError
+from guidance.tracking import DisabledRun, init_wandb, log_images  # noqa: F401 (the apps' wandb plumbing)
 
 # conf/ sits at the repository top level (editable install). GUIDANCE_CONF_DIR points elsewhere.
 CONF_DIR = os.environ.get("GUIDANCE_CONF_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
@@ -35,57 +37,3 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-class DisabledRun:
-    """What init_wandb returns for `mode: disabled`: takes a run's calls and records nothing.
-
-    wandb is not even imported then, so a machine without wandb (a bare GPU box) can run with logger=none.
-    """
-
-    disabled = True
-
-    def __init__(self) -> None:
-        self.summary: dict = {}
-        self.dir = None
-
-    def log(self, *args, **kwargs) -> None:
-        pass
-
-    def finish(self, *args, **kwargs) -> None:
-        pass
-
-
-def init_wandb(logger_cfg: DictConfig | dict | None, job_type: str, config: dict | None = None, name: str | None = None,
-               group: str | None = None, dir: str | os.PathLike | None = None):
-    """Start a wandb run; offline by default, `WANDB_MODE` overrides, `mode: disabled` turns it off.
-
-    logger_cfg fields: mode (offline|online|disabled), project, entity, group, tags.
-    """
-    cfg = dict(logger_cfg or {})
-    mode = os.environ.get("WANDB_MODE") or cfg.get("mode", "offline")
-    if mode == "disabled":
-        return DisabledRun()
-    import wandb
-
-    return wandb.init(
-        project=cfg.get("project", "guidance"),
-        entity=cfg.get("entity"),
-        group=group or cfg.get("group"),
-        tags=list(cfg.get("tags") or []),
-        job_type=job_type,
-        name=name,
-        config=config,
-        mode=mode,
-        dir=str(dir) if dir else None,
-        reinit="finish_previous",
-    )
-
-
-def log_images(run, images: dict[str, str | os.PathLike], step: int | None = None) -> None:
-    """Log PNG files as wandb.Image under their keys (nothing for a disabled run)."""
-    if getattr(run, "disabled", False):
-        return
-    import wandb
-
-    run.log({k: wandb.Image(str(v)) for k, v in images.items()}, step=step)

@@ -140,6 +140,13 @@ def sweep_points(cfg: DictConfig) -> list[dict]:
     return points
 
 
+def check_reference_data(cfg: DictConfig) -> None:
+    """The reference split the metrics compare against must be readable (one-line error naming the fixes)."""
+    from guidance.data import load_dataset
+
+    load_dataset(cfg.data, cfg.metrics.get("reference_split", "train"))
+
+
 def sample_config(cfg: DictConfig, point: dict, models: dict[str, Path], sweep_name: str) -> DictConfig:
     s = cfg.study
     scfg = compose(config_name="sample", overrides=[f"guidance={point['guidance']}", f"sampler={s.sampler}"])
@@ -205,6 +212,7 @@ def main(cfg: DictConfig) -> None:
     stages = ["models", "evaluator", "sweep", "report"]
     tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})")
     points = sweep_points(cfg)  # a bad sweep spec fails before any training
+    check_reference_data(cfg)   # and a missing dataset before any sampling
     models = ensure_models(cfg, out_dir)
     evaluator = ensure_evaluator(cfg)
     sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator)

@@ -140,6 +140,9 @@ class GaussianDiffusion:
         """Variance and log-variance of p(x_{t−1} | x_t): the fixed one, or with learned_range the interpolation
         log σ² = frac log β_t + (1 − frac) log β̃_t, frac = (v + 1)/2 (Improved DDPM eq. 15)."""
         if self.model_var_type != "learned_range":
+            if v is not None:
+                raise GuidanceError(f"the model predicts a variance (learn_sigma=true) but model_var_type="
+                                    f"{self.model_var_type}; sample it with diffusion model_var_type=learned_range")
             return self.extract(self.model_variance, t, shape), self.extract(self.model_log_variance, t, shape)
         if v is None:
             raise GuidanceError("model_var_type=learned_range needs the model's variance output (learn_sigma=true)")

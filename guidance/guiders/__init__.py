@@ -8,6 +8,7 @@ the report take it from there (see guidance.guiders.base for the contract).
 from __future__ import annotations
 
 from guidance.errors import GuidanceError
+from guidance.guiders.apg import AdaptiveProjectedGuidance
 from guidance.guiders.base import Description, Guider, TableSpec, check_scale
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.guiders.cfg_classifier import CFGClassifierGuidance
@@ -18,7 +19,7 @@ from guidance.guiders.scales import cfg_w_to_classifier_scale, cfg_w_to_guidance
 
 GUIDERS: dict[str, type[Guider]] = {
     cls.name: cls for cls in (NoGuidance, ClassifierGuidance, ClassifierFreeGuidance, CFGClassifierGuidance,
-                              CFGIntervalGuidance)
+                              CFGIntervalGuidance, AdaptiveProjectedGuidance)
 }
 
 
@@ -41,6 +42,6 @@ def describe_point(info: dict) -> Description | None:
 
 __all__ = [
     "GUIDERS", "Guider", "Description", "TableSpec", "NoGuidance", "ClassifierGuidance", "ClassifierFreeGuidance",
-    "CFGClassifierGuidance", "CFGIntervalGuidance", "build_guider", "guider_class", "describe_point", "check_scale",
+    "CFGClassifierGuidance", "CFGIntervalGuidance", "AdaptiveProjectedGuidance", "build_guider", "guider_class", "describe_point", "check_scale",
     "cfg_w_to_guidance_scale", "guidance_scale_to_cfg_w", "cfg_w_to_classifier_scale",
 ]

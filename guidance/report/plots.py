@@ -25,8 +25,9 @@ from guidance.report.collect import MODEL_ORDER, Point, Sweep, is_finite  # noqa
 PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")
 
 
-def series_key(p: Point) -> str:
-    return p.desc.series if p.desc else f"{p.strategy or '?'} ({p.model})"
+def series_key(p: Point, by_sampler: bool = False) -> str:
+    key = p.desc.series if p.desc else f"{p.strategy or '?'} ({p.model})"
+    return f"{key}, {p.info.get('sampler_label') or p.sampler} {p.steps}" if by_sampler else key
 
 
 def x_of(p: Point) -> float | None:
@@ -42,8 +43,9 @@ def group_series(points: list[Point]) -> dict[str, list[Point]]:
     """Series in table order (baselines first, then each strategy's table order; unconditional first), points by
     scale."""
     series: dict[str, list[Point]] = {}
+    by_sampler = len({(p.info.get("sampler_label") or p.sampler, p.steps) for p in points if p.sampler}) > 1
     for p in points:
-        series.setdefault(series_key(p), []).append(p)
+        series.setdefault(series_key(p, by_sampler), []).append(p)
     for pts in series.values():
         pts.sort(key=lambda p: (x_of(p) is None, x_of(p) or 0.0))
     order = lambda item: (_order(item[1][0]), MODEL_ORDER[item[1][0].conditional], item[0])

@@ -45,7 +45,8 @@ class Table:
 
 def _sort_key(p: Point):
     return (MODEL_ORDER[p.conditional], not p.baseline, p.desc.sort if p.desc and not p.baseline else (),
-            p.scale if p.scale is not None else float("inf"), p.name)
+            p.scale if p.scale is not None else float("inf"), p.info.get("sampler_label") or p.sampler or "",
+            p.steps or 0, p.name)
 
 
 def fmt(x: float | None, decimals: int) -> str:
@@ -77,7 +78,7 @@ def _caption(sweep: Sweep, rows: list[Point]) -> str:
     refs = sorted({p.metrics["num_reference"] for p in rows if "num_reference" in p.metrics})
     if counts:
         parts.append(f"{'/'.join(map(str, counts))} samples per point" + (f" vs {'/'.join(map(str, refs))} reference" if refs else ""))
-    samplers = sorted({f"{p.sampler}, {p.steps} steps" for p in rows if p.sampler})
+    samplers = sorted({f"{p.info.get('sampler_label') or p.sampler}, {p.steps} steps" for p in rows if p.sampler})
     if samplers:
         parts.append("sampler " + "; ".join(samplers))
     return ". ".join(parts) + "."
@@ -113,7 +114,20 @@ def build_tables(sweep: Sweep) -> list[Table]:
 
 # ---- cells shared by md and tex ----
 
+def sampler_of(p: Point) -> str:
+    return f"{p.info.get('sampler_label') or p.sampler or '?'}, {p.steps if p.steps is not None else '?'} steps"
+
+
+def _by_sampler(t: Table) -> bool:
+    """Rows made with different samplers get a Sampler column (else they would look like one point)."""
+    return len({sampler_of(p) for p in t.rows if p.sampler}) > 1
+
+
 def _scale_cells(t: Table, p: Point) -> list[str]:
+    return _strategy_cells(t, p) + ([sampler_of(p)] if _by_sampler(t) else [])
+
+
+def _strategy_cells(t: Table, p: Point) -> list[str]:
     n = len(t.spec.key_headers)
     if p.baseline:
         return [c.format(model=p.model) for c in t.spec.baseline_cells][:n] + [DASH] * (n - len(t.spec.baseline_cells))
@@ -124,7 +138,7 @@ def _scale_cells(t: Table, p: Point) -> list[str]:
 
 
 def _key_headers(t: Table) -> list[str]:
-    return list(t.spec.key_headers)
+    return list(t.spec.key_headers) + (["Sampler"] if _by_sampler(t) else [])
 
 
 def _cost_cells(t: Table, p: Point) -> list[str]:

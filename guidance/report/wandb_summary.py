@@ -1,6 +1,6 @@
 """One wandb run per report, in the sweep's group (job_type "tradeoff"): tables, curves, plots, sample grids.
 
-Offline by default through guidance.apps.common.init_wandb; `logger=none` (mode: disabled) or no logger config
+Offline by default through guidance.tracking.init_wandb; `logger=none` (mode: disabled) or no logger config
 skips wandb entirely (no import, no run folder).
 """
 
@@ -38,7 +38,7 @@ def log_summary(sweep: Sweep, csv_text: str, plots: dict[str, Path], logger_cfg,
         return None
     import wandb
 
-    from guidance.apps.common import init_wandb
+    from guidance.tracking import init_wandb
 
     group = dict(logger_cfg).get("group") or sweep.name
     run = init_wandb(logger_cfg, job_type="tradeoff", name=f"tradeoff-{group}", group=group, dir=out_dir,

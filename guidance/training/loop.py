@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from guidance.apps.common import init_wandb, log_images
+from guidance.tracking import init_wandb, log_images
 from guidance.data import load_dataset, to_model_range, to_uint8
 from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
