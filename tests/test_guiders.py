@@ -262,3 +262,21 @@ def test_guiders_describe_their_report_rows():
     assert d.cells == ("unconditional", "classifier", "0") and d.unguided and d.table.classifier_cost
     assert GUIDERS["none"].describe({"conditional": True}).table is None  # a baseline
     assert np.all([isinstance(g.networks, tuple) and "unet" in g.networks for g in GUIDERS.values()])
+
+
+def test_cfg_interval_decides_per_step_under_heun(bed):
+    """Heun's second evaluation (at σ_{i+1}) follows its step's decision, taken on σ_i: as the paper's sampler,
+    which switches by step index."""
+    h = HeunSampler(BASE, "edm12")
+    sig = [h.step_at(i).sigma for i in range(h.steps)]
+    g = CFGIntervalGuidance(2.0, sigma_lo=sig[8], sigma_hi=sig[4])  # steps 4..7 guided: σ_i in (σ_8, σ_4]
+    cov = g.covered_steps(h)
+    first = [c for k, c in enumerate(cov) if k % 2 == 0]
+    second = [c for k, c in enumerate(cov) if k % 2 == 1]
+    assert [c[2] for c in first] == [4 <= i <= 7 for i in range(h.steps)]
+    assert [c[2] for c in second] == [4 <= i <= 7 for i in range(h.steps - 1)]
+    assert second[7][2] and second[7][1] == pytest.approx(sig[8])  # guided at σ_8 (outside) as part of step 7
+    assert not second[3][2] and second[3][1] == pytest.approx(sig[4])  # unguided at σ_4 as part of step 3
+    d = den(bed, g)
+    h.sample(d, (4, 2, 1, 1), torch.arange(4) % K, BatchRNG(0, 4))
+    assert d.cost_per_sample()["nfe"] == len(cov) + 4 + 4  # 4 guided steps x 2 evaluations each

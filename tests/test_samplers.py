@@ -164,27 +164,32 @@ def test_networks_see_original_timesteps(bed, make):
 
 
 def test_edm_grid_snaps_to_trained_timesteps():
-    """σ between two trained timesteps: the timestep nearest in log σ; the solver then uses that timestep's σ."""
+    """EDM's sampler: clamp σ_min/σ_max to the model's range, build the ρ-grid, round each σ to the nearest trained
+    σ (iDDPMPrecond.round_sigma); the solver then uses that timestep's σ."""
     sig = sigmas_of(BASE.alphas_cumprod)
     kept = kept_timesteps(BASE.alphas_cumprod, "edm18")
-    grid = edm_sigmas(18, 0.002, 80.0, 7.0)
-    expected = {int(np.argmin(np.abs(np.log(sig) - np.log(np.clip(s, sig[0], sig[-1]))))) for s in grid}
-    assert kept == sorted(expected) and kept[0] == 0  # σ_min = 0.002 < σ(0) ≈ 0.01 clamps to t = 0
-    k = kept[-1]  # σ_max = 80 lands on the trained σ nearest in log σ
-    assert abs(math.log(sig[k] / 80)) <= min(abs(math.log(sig[k - 1] / 80)), abs(math.log(sig[k + 1] / 80)))
+    grid = edm_sigmas(18, max(0.002, sig[0]), min(80.0, sig[-1]), 7.0)
+    expected = {int(np.argmin(np.abs(sig - s))) for s in grid}
+    assert kept == sorted(expected) and len(kept) == 18 and kept[0] == 0  # σ_min 0.002 < σ(0) ≈ 0.01: clamped
+    k = kept[-1]  # σ_max = 80 lands on the nearest trained σ
+    assert abs(sig[k] - 80) <= min(abs(sig[k - 1] - 80), abs(sig[k + 1] - 80))
+    assert len(kept_timesteps(BASE.alphas_cumprod, "edm50")) == 50
     h = HeunSampler(BASE, "edm18")
     for i in range(h.steps):  # the step's σ is exactly its timestep's σ
         st = h.step_at(i)
         assert st.t == kept[::-1][i] and st.sigma == pytest.approx(float(sig[st.t]), rel=1e-12)
-    # churn: σ̂ = σ_i (1 + γ) snapped to a timestep at or above t_i, with its own exact σ
+    # churn: σ̂ = σ_i (1 + γ) snapped to the nearest trained σ (kept when above t_i), with its own exact σ
     c = HeunSampler(BASE, "edm18", s_churn=5.0)
     gamma = min(5.0 / c.steps, math.sqrt(2) - 1)
     for i in range(c.steps):
         st, hat = c.step_at(i), c.churned(i)
         target = st.sigma * (1 + gamma)
         assert hat.t >= st.t and hat.sigma == pytest.approx(float(sig[hat.t]), rel=1e-12)
-        if st.t < T - 1 and hat.t > st.t:
-            assert abs(math.log(hat.sigma / target)) <= abs(math.log(sig[hat.t - 1] / target)) + 1e-12
+        assert hat.index == i and hat.step_sigma == st.sigma  # it belongs to step i
+        if hat.t > st.t:
+            assert abs(hat.sigma - target) == pytest.approx(float(np.min(np.abs(sig - target))), abs=1e-9)
+    with pytest.raises(GuidanceError):
+        kept_timesteps(BASE.alphas_cumprod, "edm10", sigma_min=200.0, sigma_max=300.0)  # outside the model's range
 
 
 def test_heun_evaluates_twice_per_step_except_the_last(bed):
@@ -254,7 +259,8 @@ def test_bad_sampler_input_is_one_line_error(bed):
     with pytest.raises(GuidanceError):
         DDIMSampler(create_diffusion(T, timestep_respacing="ddim10"), "ddim5")  # respaced twice
     for bad in (lambda: HeunSampler(BASE, "edmx"), lambda: HeunSampler(BASE, "edm10", s_churn=-1),
-                lambda: HeunSampler(BASE, "edm10", sigma_min=5, sigma_max=1), lambda: DDIMSampler(BASE, "20", eta=-1)):
+                lambda: HeunSampler(BASE, "edm10", sigma_min=5, sigma_max=1), lambda: DDIMSampler(BASE, "20", eta=-1),
+                lambda: DDIMSampler(BASE, "20", eta=1.5)):
         with pytest.raises(GuidanceError) as e:
             bad()
         assert "\n" not in str(e.value)

@@ -1,10 +1,12 @@
 """CFG in a limited interval of noise levels (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval
 Improves Sample and Distribution Quality in Diffusion Models"): guidance harms at high noise, is unneeded at low.
 
-ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅)   while sigma_lo < σ_t <= sigma_hi
+ε~ = (1 + w) ε(x_t, y) − w ε(x_t, ∅)   while sigma_lo < σ_i <= sigma_hi
 ε~ = ε(x_t, y)                           otherwise (the conditional model: 1 NFE, no null pass)
-σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) is EDM's noise level, the unit of the paper's interval (e.g. (0.28, 5.42] for EDM2-S on
-ImageNet-512). `covered_steps(sampler)` lists which evaluations of a sampler fall inside.
+σ = sqrt((1 − ᾱ_t)/ᾱ_t) is EDM's noise level, the unit of the paper's interval (e.g. (0.28, 5.42] for EDM2-S on
+ImageNet-512). The decision is made per chain STEP on its grid σ_i (Step.step_sigma): Heun's second evaluation
+(at σ_{i+1}) and a churned one (at σ̂) follow their step, as the paper's EDM sampler decides by step index.
+`covered_steps(sampler)` lists every evaluation of a sampler and whether it is guided.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ class CFGIntervalGuidance(ClassifierFreeGuidance):
         return self.sigma_lo < sigma <= self.sigma_hi
 
     def guided_at(self, step) -> bool:
-        return self.scale != 0 and self.inside(step.sigma)
+        return self.scale != 0 and self.inside(step.step_sigma)
 
     def covered_steps(self, sampler) -> list[tuple[int, float, bool]]:
         """(original t, σ, guided?) for every denoiser evaluation of `sampler`'s chain, in order."""
-        return [(s.t, s.sigma, self.inside(s.sigma)) for s in sampler.evaluation_steps()]
+        return [(s.t, s.sigma, self.inside(s.step_sigma)) for s in sampler.evaluation_steps()]
 
     def info(self):
         return {**super().info(), "sigma_lo": self.sigma_lo, "sigma_hi": self.sigma_hi}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from guidance.errors import check_scale
+from guidance.errors import GuidanceError, check_scale
 from guidance.sampling.base import Sampler
 
 
@@ -20,6 +20,8 @@ class DDIMSampler(Sampler):
     def __init__(self, diffusion, respacing=None, eta: float = 0.0, clip_denoised: bool = True, **grid):
         super().__init__(diffusion, respacing, clip_denoised, **grid)
         self.eta = check_scale(eta, "sampler.eta")
+        if self.eta > 1:  # 1 − ᾱ_{t−1} − σ² turns negative: ADM's update is undefined there
+            raise GuidanceError(f"sampler.eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance)")
         self.label = f"ddim eta={self.eta:g}"
 
     def info(self):
@@ -31,7 +33,7 @@ class DDIMSampler(Sampler):
         j = self.steps - 1 - i
         ab, ab_prev = float(self.diffusion.alphas_cumprod[j]), float(self.diffusion.alphas_cumprod_prev[j])
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
-        x_prev = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * pred.eps
+        x_prev = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * pred.eps  # float safety
         if i == self.steps - 1 or sigma == 0:
             return x_prev
         return x_prev + sigma * rng.randn(x.shape[1:]).to(x.dtype)

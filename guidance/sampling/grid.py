@@ -3,12 +3,13 @@
 Every sampler takes a `respacing` spec: ADM's ("250", "10,10,10", "ddim25"; guidance.diffusion.respace) or
 "edmN", EDM's ρ-grid of N noise levels (Karras et al. 2022, eq. 5):
     σ_i = (σ_max^(1/ρ) + i/(N−1) (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ,  i = 0..N−1,
-mapped onto the VP model's trained timesteps, σ_t = sqrt((1 − ᾱ_t)/ᾱ_t).
+mapped onto the VP model's trained timesteps, σ_t = sqrt((1 − ᾱ_t)/ᾱ_t). As EDM's sampler does, σ_min and σ_max
+are first clamped to the model's own range [σ(0), σ(T−1)], then the grid is built.
 
-A σ between two trained timesteps is SNAPPED to the trained timestep nearest in log σ (clamped to the trained
-range), and the sampler then uses that timestep's own σ in its update: the network always sees a valid integer
-timestep whose noise level is exactly the one the solver assumes. Grid points that snap to the same timestep
-are merged, so an edmN chain may have fewer than N steps (sample_info records the real count).
+A σ between two trained timesteps is SNAPPED to the trained timestep nearest in σ (EDM's `round_sigma` for ADM
+models, iDDPMPrecond), and the sampler then uses that timestep's own σ in its update: the network always sees a
+valid integer timestep whose noise level is exactly the one the solver assumes. Grid points that snap to the same
+timestep are merged, so an edmN chain may have fewer than N steps (sample_info records the real count).
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ def sigmas_of(alphas_cumprod) -> np.ndarray:
 
 
 def snap_to_timestep(sigma: float, sigmas: np.ndarray) -> int:
-    """Index of the trained σ nearest to `sigma` in log σ (sigmas increasing with the timestep)."""
-    sigma = min(max(float(sigma), sigmas[0]), sigmas[-1])
-    return int(np.argmin(np.abs(np.log(sigmas) - np.log(sigma))))
+    """Index of the trained σ nearest to `sigma` (sigmas increasing with the timestep), as EDM's round_sigma."""
+    return int(np.argmin(np.abs(sigmas - float(sigma))))
 
 
 def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> np.ndarray:
@@ -53,4 +53,10 @@ def kept_timesteps(alphas_cumprod, spec: str | int, sigma_min: float = 0.002, si
     except ValueError:
         raise GuidanceError(f"bad grid {spec!r}: 'edm' must be followed by a step count, e.g. 'edm18'") from None
     sigmas = sigmas_of(alphas_cumprod)
-    return sorted({snap_to_timestep(s, sigmas) for s in edm_sigmas(n, sigma_min, sigma_max, rho)})
+    if not (0 < sigma_min < sigma_max):
+        raise GuidanceError(f"edm grid needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    lo, hi = max(sigma_min, float(sigmas[0])), min(sigma_max, float(sigmas[-1]))  # EDM: clamp to the model's range
+    if lo >= hi:
+        raise GuidanceError(f"edm grid: [sigma_min, sigma_max] = [{sigma_min}, {sigma_max}] misses the model's σ range "
+                            f"[{sigmas[0]:.4g}, {sigmas[-1]:.4g}]")
+    return sorted({snap_to_timestep(s, sigmas) for s in edm_sigmas(n, lo, hi, rho)})

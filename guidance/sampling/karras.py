@@ -5,13 +5,15 @@ The chain runs on x̃ = x_t / sqrt(ᾱ_t) = x̂0 + σ ε, σ_t = sqrt((1 − ᾱ
 x_t = x̃ / sqrt(1 + σ²) at an original timestep; a classifier term enters through ε (ADM Alg. 2).
 
 Churn (EDM Alg. 2): γ_i = min(s_churn / N, sqrt(2) − 1) for s_tmin <= σ_i <= s_tmax, else 0;
-σ̂ = σ_i (1 + γ_i) snapped to a trained timestep at or above t_i (grid.py), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z.
+σ̂ = σ_i (1 + γ_i) snapped to a trained timestep (grid.py; kept only if above t_i), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z,
+N the chain's step count after merging. Both evaluations of a step carry the step's index and σ_i (prediction.Step).
 Euler without churn is DDIM with η = 0 on the same timesteps (both are exact Euler steps of this ODE).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -47,14 +49,18 @@ class EulerSampler(Sampler):
             return step
         gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1)
         hat = self.snapped_step(step.sigma * (1 + gamma), i)
-        return hat if hat.t > step.t else step
+        return replace(hat, grid_sigma=step.sigma) if hat.t > step.t else step
+
+    def second(self, i: int) -> Step:
+        """Heun's second evaluation of step i: at σ_{i+1}, belonging to step i."""
+        return replace(self.step_at(i + 1), index=i, grid_sigma=self.step_at(i).sigma)
 
     def evaluation_steps(self) -> list[Step]:
         out = []
         for i in range(self.steps):
             out.append(self.churned(i))
             if self.second_order and i + 1 < self.steps:
-                out.append(self.step_at(i + 1))
+                out.append(self.second(i))
         return out
 
     def eps(self, denoiser, x_scaled, y, step: Step) -> torch.Tensor:
@@ -72,7 +78,7 @@ class EulerSampler(Sampler):
             d = self.eps(denoiser, x, y, hat)
             x_next = x + (sigma_next - hat.sigma) * d
             if self.second_order and sigma_next > 0:  # Heun's correction (EDM Alg. 1, lines 9-11)
-                d_next = self.eps(denoiser, x_next, y, self.step_at(i + 1))
+                d_next = self.eps(denoiser, x_next, y, self.second(i))
                 x_next = x + (sigma_next - hat.sigma) * 0.5 * (d + d_next)
             x = x_next
         return x  # at σ = 0 the scaled variable is x_0 itself

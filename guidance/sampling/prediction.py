@@ -15,18 +15,26 @@ import torch
 
 @dataclass(frozen=True)
 class Step:
-    """One denoiser evaluation point: the ORIGINAL timestep t the networks see, its ᾱ_t, and where the chain is
-    (`index` of `count` steps; Heun's second evaluation carries the index of the step it lands on)."""
+    """One denoiser evaluation point: the ORIGINAL timestep t the networks see, its ᾱ_t, and the chain step it
+    belongs to (`index` of `count`, with that step's grid noise level `grid_sigma`). An evaluation off the grid
+    (Heun's second one at σ_{i+1}, a churned σ̂) keeps index i and grid_sigma = σ_i of its step, so strategies that
+    switch per step (interval guidance) treat both evaluations of a step alike, as the reference samplers do."""
 
     t: int
     alpha_bar: float
     index: int = 0
     count: int = 1
+    grid_sigma: float | None = None
 
     @property
     def sigma(self) -> float:
         """EDM noise level of this step: sqrt((1 − ᾱ_t)/ᾱ_t)."""
         return math.sqrt((1.0 - self.alpha_bar) / self.alpha_bar)
+
+    @property
+    def step_sigma(self) -> float:
+        """σ_i of the chain step this evaluation belongs to (its own σ for an on-grid evaluation)."""
+        return self.sigma if self.grid_sigma is None else self.grid_sigma
 
     @property
     def progress(self) -> float:
