@@ -29,7 +29,8 @@ class Sampler:
     def __init__(self, diffusion: GaussianDiffusion, respacing: str | int | None = None, clip_denoised: bool = True,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
         self.trained_t = diffusion.timestep_map.numpy()         # timesteps the networks know (for snapping)
-        self.trained_sigmas = sigmas_of(diffusion.alphas_cumprod)
+        self.trained_alpha_bar = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
+        self.trained_sigmas = sigmas_of(self.trained_alpha_bar)
         if respacing not in (None, ""):
             if not np.array_equal(self.trained_t, np.arange(diffusion.num_timesteps)):
                 raise GuidanceError("pass the un-respaced diffusion together with sampler.respacing (not both respaced)")
@@ -53,8 +54,7 @@ class Sampler:
     def snapped_step(self, sigma: float, i: int) -> Step:
         """A trained timestep for a σ off the chain's grid (grid.py: nearest in log σ)."""
         k = snap_to_timestep(sigma, self.trained_sigmas)
-        ab = 1.0 / (1.0 + float(self.trained_sigmas[k]) ** 2)
-        return Step(int(self.trained_t[k]), ab, i, self.steps)
+        return Step(int(self.trained_t[k]), float(self.trained_alpha_bar[k]), i, self.steps)
 
     def evaluation_steps(self) -> list[Step]:
         """Every denoiser evaluation of one chain, in order (one per step unless a subclass says otherwise)."""
