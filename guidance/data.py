@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from guidance.errors import GuidanceError
-from guidance.io import atomic_write_stream
+from guidance.io import atomic_write_stream, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,46 @@ def load_dataset(data_cfg: Mapping[str, Any], split: str = "train") -> tuple[tor
         raise GuidanceError(f"dataset {name} has label {int(labels.max())} >= data.num_classes={want_k}; "
                             f"set data.num_classes={int(labels.max()) + 1}")
     return images, labels
+
+
+def dataset_fingerprint(data_cfg: Mapping[str, Any], split: str = "train") -> str:
+    """The identity of a dataset split as a data config reads it, for cache keys: "<kind>:<16 hex>".
+
+    Hashes the kind, split and preprocessing (image_size, channels); for file datasets also the resolved path
+    and the content: npz, the sha256 of the file; folder, every file's relative path, size and mtime. Two
+    different npz files never share a key, and editing a folder changes its key. Named datasets (fashion_mnist,
+    mnist, cifar10) are fixed public sets: their name is their identity.
+    """
+    name = data_cfg["name"]
+    parts = {"kind": name, "split": split, "image_size": data_cfg.get("image_size"),
+             "channels": data_cfg.get("channels")}
+    if name in FILE_DATASETS:
+        if data_cfg.get("path") in (None, ""):
+            raise GuidanceError(f"data={name} needs data.path=<{'file.npz' if name == 'npz' else 'image folder'}>")
+        path = Path(str(data_cfg["path"])).expanduser().resolve()
+        if not path.exists():
+            raise GuidanceError(f"data.path={path} does not exist; point data.path at the {name} dataset")
+        parts["path"] = str(path)
+        parts["content"] = _content_digest(str(path), *_stat_key(path))
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{name}:{digest}"
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    if path.is_file():
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    return 0, max((p.stat().st_mtime_ns for p in path.rglob("*")), default=0)
+
+
+@functools.lru_cache(maxsize=32)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, or of a folder's (relative path, size, mtime) listing; cached per (path, size, mtime)."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    listing = sorted((str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.is_file())
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def dataset_info(name: str, split: str = "train", root=None, download: bool = False, path=None,

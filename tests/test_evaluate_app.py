@@ -172,3 +172,52 @@ def test_train_evaluator_then_evaluate_against_the_data_split(fake_fashion_mnist
     assert out["num_samples"] == 32 and out["num_reference"] == 64
     assert out["reference"]["dataset"] == "fashion_mnist" and out["reference"]["split"] == "train"
     assert (tmp_path / "metrics.json").is_file()
+
+
+# ---- evaluation v2 fixes (issue 9): each test fails on the code before its fix ----
+
+def test_folder_reference_gets_the_whole_data_config(tmp_path):
+    """data=folder with data.image_size set: the size reaches the loader (it was dropped on the way)."""
+    from PIL import Image
+
+    from guidance.metrics.evaluate import _load_reference_images, metrics_config
+
+    for k, cls in enumerate(["a", "b"]):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 16), color=(100 * k, 50, 200)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    data_cfg = {"name": "folder", "root": None, "download": False, "path": str(tmp_path / "imgs"), "image_size": SIZE,
+                "channels": 3, "num_classes": 2}
+    images, labels = _load_reference_images(data_cfg, None, metrics_config({"reference_split": "train"}))
+    assert images.shape == (6, 3, SIZE, SIZE) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_two_npz_datasets_never_share_cached_reference_features(setup):
+    """The cache key is the data module's fingerprint (content), not the dataset kind "npz"."""
+    from guidance.data import dataset_fingerprint
+    from guidance.metrics.evaluate import evaluate_samples, load_images_npz
+
+    tmp, samples, _, cfg = setup
+    a, b = save_batch(tmp / "a.npz", 50, seed=5), save_batch(tmp / "b.npz", 50, seed=6)
+    data = lambda p: {"name": "npz", "root": None, "download": False, "path": str(p), "image_size": SIZE,
+                      "channels": 1, "num_classes": 4}
+    assert dataset_fingerprint(data(a)) != dataset_fingerprint(data(b))
+    assert dataset_fingerprint(data(a)) == dataset_fingerprint(data(a))
+    images, labels = load_images_npz(samples)
+    first = evaluate_samples(images, labels, cfg, data(a))
+    second = evaluate_samples(images, labels, cfg, data(b))
+    assert not second["reference"]["cache_hit"] and second["fid"] != first["fid"]
+    assert evaluate_samples(images, labels, cfg, data(a))["reference"]["cache_hit"]  # same data: reused
+    save_batch(tmp / "a.npz", 50, seed=7)  # the same path with new content is another dataset
+    assert not evaluate_samples(images, labels, cfg, data(a))["reference"]["cache_hit"]
+
+
+def test_density_is_float64():
+    from guidance.metrics.prdc import manifold_indicators
+
+    g = torch.Generator().manual_seed(0)
+    s, r = torch.randn(300, 4, generator=g), torch.randn(400, 4, generator=g)
+    ind = manifold_indicators(s, r, k_prc=3, k_dc=7)
+    assert ind["density"].dtype == torch.float64
+    counts = torch.round(ind["density"] * 7)
+    torch.testing.assert_close(ind["density"], counts / 7, rtol=0, atol=1e-15)  # exact k-ths, no float32 rounding

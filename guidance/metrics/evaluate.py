@@ -135,28 +135,29 @@ def _weights_path(c: dict) -> str | None:
     return str(Path(p).expanduser()) if p else None
 
 
-def reference_description(data_cfg, reference_npz, c: dict) -> tuple[str, str, tuple[int, int, int]]:
-    """(dataset key, split, expected C,H,W) of the reference set, cheaply (no images read)."""
+def reference_description(data_cfg, reference_npz, c: dict) -> tuple[str, str, str, tuple[int, int, int]]:
+    """(name, identity key, split, expected C,H,W) of the reference set, cheaply (no images decoded)."""
     if reference_npz:
         p = Path(reference_npz)
         if not p.is_file():
             raise GuidanceError(f"reference_npz {p} not found: pass an existing ADM-style npz or drop it to use data")
-        return f"npz:{ext.sha256_file(p)[:16]}", "npz", _npz_image_shape(p)
+        return str(p.name), f"npz:{ext.sha256_file(p)[:16]}", "npz", _npz_image_shape(p)
     d = _as_dict(data_cfg)
     if "name" not in d:
         raise GuidanceError("no reference: give a data config (data=fashion_mnist, ...) or reference_npz=<path>")
-    return d["name"], c["reference_split"], (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
+    from guidance.data import dataset_fingerprint  # the data module owns a dataset's identity
+
+    shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
+    return d["name"], dataset_fingerprint(d, c["reference_split"]), c["reference_split"], shape
 
 
 def _load_reference_images(data_cfg, reference_npz, c: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
     if reference_npz:
         images, labels = load_images_npz(reference_npz, what="reference")
     else:
-        from guidance.data import load_images  # owned by the data module
+        from guidance.data import load_dataset  # owned by the data module; takes the whole data config
 
-        d = _as_dict(data_cfg)
-        images, labels = load_images(d["name"], split=c["reference_split"], root=d.get("root"),
-                                     download=bool(d.get("download", False)), path=d.get("path"))
+        images, labels = load_dataset(_as_dict(data_cfg), c["reference_split"])
     n = c["num_reference"]
     if n is not None:
         if n > len(images):
@@ -268,7 +269,7 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
     """uint8 NCHW samples (+ labels) vs the reference set -> metrics dict (nothing written but the cache)."""
     c = metrics_config(cfg_metrics)
     t0 = time.time()
-    ref_name, ref_split, ref_shape = reference_description(data_cfg, reference_npz, c)
+    ref_name, ref_key, ref_split, ref_shape = reference_description(data_cfg, reference_npz, c)
     if tuple(images.shape[1:]) != ref_shape:
         raise GuidanceError(f"samples are {'x'.join(map(str, images.shape[1:]))} (CxHxW) but the reference "
                             f"({ref_name} {ref_split}) is {'x'.join(map(str, ref_shape))}: evaluate against the data "
@@ -290,7 +291,7 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
         ref_images, ref_labels = _load_reference_images(data_cfg, reference_npz, c)
         return extract_features(ref_images, get_extractor(), c["batch_size"], c["progress"]), ref_labels
 
-    key = cache_key(ref_name, ref_split, c["num_reference"], c["extractor"], sha, feature_set)
+    key = cache_key(ref_key, ref_split, c["num_reference"], c["extractor"], sha, feature_set)
     cache_dir = c["cache_dir"]
     ref_feats, ref_labels, hit = load_or_extract(cache_dir, key, extract_reference)
     sample_feats = extract_features(images, get_extractor(), c["batch_size"], c["progress"])
@@ -304,7 +305,7 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
         torch_fidelity_version=torch_fidelity.__version__,
         feature_layers={m: layers[m] for m in ("fid", "sfid", "isc", "kid", "prc")},
         k_prc=c["k_prc"], k_dc=c["k_dc"], bootstrap=int(c["bootstrap"]),
-        reference={"dataset": ref_name, "split": ref_split, "cache_hit": hit,
+        reference={"dataset": ref_name, "fingerprint": ref_key, "split": ref_split, "cache_hit": hit,
                    **({"npz": str(reference_npz)} if reference_npz else {})},
         seconds=round(time.time() - t0, 2),
     )

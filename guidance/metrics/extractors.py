@@ -19,6 +19,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from guidance.errors import GuidanceError
+from guidance.io import sha256_file  # noqa: F401 (weights hashes; used as ext.sha256_file)
 
 # ADM's sFID layer: mixed_6/conv (TF graph) = Mixed_6d.branch1x1 here; its first 7 of 192 channels on the
 # 17x17 grid, flattened channel-last -> 17 * 17 * 7 = 2023 dims (ADM evaluations/evaluator.py).
@@ -30,14 +31,6 @@ METRIC_LAYERS = {
     "inception": {"fid": "2048", "kid": "2048", "prc": "2048", "isc": "logits_unbiased", "sfid": "spatial"},
     "evaluator": {"fid": "pool", "kid": "pool", "prc": "pool", "isc": "logits", "sfid": "spatial"},
 }
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _to_rgb_uint8(x: torch.Tensor) -> torch.Tensor:

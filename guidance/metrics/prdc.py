@@ -68,7 +68,7 @@ def manifold_indicators(sample_feats, ref_feats, k_prc: int = 3, k_dc: int = 5, 
         in_ref_dc = d <= r_dc
         in_sample_prc = d <= s_prc[start:start + chunk, None]
         precision.append((d <= r_prc).any(dim=1))
-        density.append(in_ref_dc.sum(dim=1).float() / k_dc)
+        density.append(in_ref_dc.sum(dim=1).double() / k_dc)  # float64, as every other statistic
         recall |= in_sample_prc.any(dim=0)
         nearest_sample = torch.minimum(nearest_sample, d.min(dim=0).values)
         if return_pairs:

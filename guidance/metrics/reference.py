@@ -23,7 +23,7 @@ def cache_key(dataset: str, split: str, num_reference: int | None, extractor: st
               layers: list[str] | tuple[str, ...], subset_seed: int = 0) -> dict:
     return {"dataset": dataset, "split": split, "num_reference": num_reference, "extractor": extractor,
             "weights_sha256": weights_sha256, "layers": sorted(set(layers)), "subset_seed": subset_seed,
-            "format": 1}
+            "format": 2}  # 2: dataset is the data module's fingerprint (kind + content), not the kind
 
 
 def cache_path(cache_dir: str | Path, key: dict) -> Path:
