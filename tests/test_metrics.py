@@ -337,3 +337,18 @@ def test_real_fashion_mnist_fid_orders_degradations(tmp_path):
         assert bad["fid"] > 5 * real["fid"]
         assert bad["precision"] < real["precision"] - 0.05
     assert real["precision"] > 0.6 and real["recall"] > 0.6
+
+
+@pytest.mark.parametrize("n,d", [(500, 64), (40, 64)])  # full rank, and singular covariances (n < d)
+def test_frechet_distance_equals_torch_fidelity(n, d):
+    """Our eigh-based trace term against torch-fidelity's sqrtm-based FID on the same statistics."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    g = torch.Generator().manual_seed(d + n)
+    mix = torch.randn(d, d, generator=g) / d ** 0.5
+    a = torch.randn(n, d, generator=g) @ mix
+    b = torch.randn(n, d, generator=g) @ (mix + 0.3 * torch.randn(d, d, generator=g) / d ** 0.5) + 0.2
+    sa, sb = feature_statistics(a), feature_statistics(b)
+    want = float(fid_statistics_to_metric(sa, sb, verbose=False)[KEY_METRIC_FID])
+    assert frechet_distance(sa, sb) == pytest.approx(want, rel=1e-6, abs=1e-8)
+    assert frechet_distance(sb, sa) == pytest.approx(want, rel=1e-6, abs=1e-8)  # symmetric
