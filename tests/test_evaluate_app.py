@@ -23,7 +23,8 @@ DATA = {"name": "fashion_mnist", "root": None, "download": False, "path": None, 
         "num_classes": 10}
 KEYS = ("fid", "sfid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density", "coverage",
         "fid_std", "sfid_std", "precision_std", "recall_std", "density_std", "coverage_std", "num_samples",
-        "num_reference", "extractor", "weights_sha256", "torch_fidelity_version")
+        "num_reference", "extractor", "weights_sha256", "torch_fidelity_version", "cmmd", "vendi", "class_acc",
+        "class_acc_std", "class_target_prob")
 
 
 def save_evaluator(path: Path, seed: int = 0) -> Path:

@@ -331,11 +331,13 @@ def test_real_fashion_mnist_fid_orders_degradations(tmp_path):
     blur = evaluate_samples(blurred, test_labels, cfg, data)
     noise = evaluate_samples(noised, test_labels, cfg, data)
     print({name: {k: round(m[k], 4) for k in ("fid", "sfid", "precision", "recall", "density", "coverage",
-                                               "is_mean", "kid_mean")}
+                                               "is_mean", "kid_mean", "cmmd", "vendi", "class_acc",
+                                               "class_target_prob")}
            for name, m in (("real", real), ("blur", blur), ("noise", noise))})
     for bad in (blur, noise):
         assert bad["fid"] > 5 * real["fid"]
         assert bad["precision"] < real["precision"] - 0.05
+        assert bad["cmmd"] > 5 * max(real["cmmd"], 1e-3) and bad["class_acc"] < real["class_acc"] - 0.05
     assert real["precision"] > 0.6 and real["recall"] > 0.6
 
 
@@ -352,3 +354,40 @@ def test_frechet_distance_equals_torch_fidelity(n, d):
     want = float(fid_statistics_to_metric(sa, sb, verbose=False)[KEY_METRIC_FID])
     assert frechet_distance(sa, sb) == pytest.approx(want, rel=1e-6, abs=1e-8)
     assert frechet_distance(sb, sa) == pytest.approx(want, rel=1e-6, abs=1e-8)  # symmetric
+
+
+# ---- metrics beyond FID (issue 9): small cases with known answers ----
+
+def test_vendi_of_copies_is_one_and_of_orthogonal_vectors_is_n():
+    from guidance.metrics.beyond_fid import vendi_score
+
+    assert vendi_score(torch.ones(50, 8) * torch.randn(1, 8)) == pytest.approx(1.0, abs=1e-9)
+    assert vendi_score(torch.eye(16) * 3.0) == pytest.approx(16.0, rel=1e-9)
+    two = torch.cat([torch.eye(4)[:1].repeat(30, 1), torch.eye(4)[1:2].repeat(10, 1)])  # weights 3/4, 1/4
+    assert vendi_score(two) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))), rel=1e-9)
+
+
+def test_cmmd_is_the_unbiased_rbf_mmd_by_hand():
+    from guidance.metrics.beyond_fid import cmmd
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 5, generator=g), torch.randn(40, 5, generator=g) + 0.5
+    xn, yn = x / x.norm(dim=1, keepdim=True), y / y.norm(dim=1, keepdim=True)
+    k = lambda a, b: math.exp(-float(((a - b) ** 2).sum()) / (2 * 10.0**2))
+    kxx = sum(k(xn[i], xn[j]) for i in range(30) for j in range(30) if i != j) / (30 * 29)
+    kyy = sum(k(yn[i], yn[j]) for i in range(40) for j in range(40) if i != j) / (40 * 39)
+    kxy = sum(k(a, b) for a in xn for b in yn) / (30 * 40)
+    assert cmmd(x, y, chunk=7) == pytest.approx(1000 * (kxx + kyy - 2 * kxy), rel=1e-6)
+    # A set against itself: the unbiased estimate is 2 (mean off-diagonal − mean of all) = 2 (m_off − 1)/n <= 0.
+    assert cmmd(x, x) == pytest.approx(1000 * 2 * (kxx - 1) / 30, rel=1e-6)  # 2 (mean off-diagonal - mean of all)
+    assert cmmd(x, y) > 0
+
+
+def test_class_fidelity_indicators():
+    from guidance.metrics.beyond_fid import class_fidelity
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
+    out = class_fidelity(logits, torch.tensor([0, 1, 0, 2]))
+    assert out["class_acc"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    p = torch.softmax(logits.double(), 1)
+    torch.testing.assert_close(out["class_target_prob"], p[[0, 1, 2, 3], [0, 1, 0, 2]])

@@ -418,3 +418,18 @@ def test_points_of_several_samplers_get_a_sampler_column_and_curve(tmp_path):
     from guidance.report.plots import group_series
 
     assert sorted(group_series(t.rows)) == ["cfg, ddim eta=0 20", "cfg, heun 10"]
+
+
+def test_class_accuracy_column_and_plot_appear_when_measured(tmp_path):
+    root = tmp_path / "acc"
+    for w, acc in [(0.0, 0.80), (1.0, 0.90), (2.0, 0.95)]:
+        _write_point(root / f"cfg-{w:g}", [], _info("cfg", w, True, 2, 0),
+                     {"fid": 5.0 + w, "recall": 0.8 - 0.1 * w, "class_acc": (acc, 0.01)}, CFG_COLOUR)
+    paths = build_report(root, tmp_path / "out", progress=False)
+    md = paths["md"].read_text()
+    assert "| w | FID ↓ | sFID ↓ | IS ↑ | Precision ↑ | Recall ↑ | Class acc ↑ |" in md and "**0.950 ± 0.010**" in md
+    assert paths["accuracy_recall"].stat().st_size > 0
+    assert [r["class_acc"] for r in _read_csv(paths["csv"])] == ["0.8", "0.9", "0.95"]
+    other = tmp_path / "no_acc"  # without the value the column stays out of the paper layout
+    _write_point(other / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 5.0}, CFG_COLOUR)
+    assert "Class acc" not in build_report(other, tmp_path / "out2", progress=False)["md"].read_text()

@@ -26,6 +26,7 @@ from guidance.device import resolve_device
 from guidance.errors import GuidanceError
 from guidance.io import atomic_write_json
 from guidance.metrics import extractors as ext
+from guidance.metrics.beyond_fid import class_fidelity, cmmd, vendi_score
 from guidance.metrics.features import extract_features
 from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
 from guidance.metrics.prdc import bootstrap_indicator_std, bootstrap_sample_coverage_std, manifold_indicators
@@ -50,6 +51,7 @@ DEFAULTS = {
     "bootstrap": 10,
     "seed": 0,
     "per_class": False,
+    "cmmd_sigma": 10.0,
     "progress": True,
 }
 
@@ -231,8 +233,24 @@ def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, 
         out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(per_sample, B, rng).items()})
         out.update({f"{k}_std": v for k, v in bootstrap_sample_coverage_std(pairs, len(s), len(r), B, rng).items()})
 
+    out.update(beyond_fid_metrics(sample_feats, ref_feats, sample_labels, c, rng))
     if c["per_class"]:
         out["per_class"] = per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c)
+    return out
+
+
+def beyond_fid_metrics(sample_feats, ref_feats, sample_labels, c: dict, rng: np.random.Generator) -> dict:
+    """CMMD (× 1000) and the Vendi score on the extractor's embedding; class accuracy of the samples under the
+    dataset evaluator's logits (extractor=evaluator with labelled samples only: Inception's logits are
+    ImageNet's classes, not the dataset's)."""
+    layers = ext.layers_for(c["extractor"])
+    out = {"cmmd": cmmd(sample_feats[layers["kid"]], ref_feats[layers["kid"]], sigma=float(c["cmmd_sigma"])),
+           "vendi": vendi_score(sample_feats[layers["prc"]])}
+    if c["extractor"] == "evaluator" and sample_labels is not None and layers["isc"] in sample_feats:
+        ind = class_fidelity(sample_feats[layers["isc"]], sample_labels)
+        out.update({k: float(v.mean()) for k, v in ind.items()})
+        if int(c["bootstrap"]) > 1:
+            out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(ind, int(c["bootstrap"]), rng).items()})
     return out
 
 

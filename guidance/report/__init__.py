@@ -4,7 +4,8 @@
 Outputs in out_dir (each written atomically):
   tradeoff.md, tradeoff.csv, tradeoff.tex   all table kinds in one file per format (csv: one long table with a
                                             `table` column; see guidance.report.tables)
-  plots/fid_vs_scale.png, plots/precision_recall.png, plots/is_vs_fid.png, plots/grids.png
+  plots/fid_vs_scale.png, plots/precision_recall.png, plots/is_vs_fid.png, plots/grids.png,
+  plots/accuracy_recall.png (class accuracy of the samples vs recall)
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         "tex": atomic_write_text(to_latex(tables), out_dir / "tradeoff.tex"),
     }
     paths.update(make_plots(sweep, out_dir / "plots"))
-    wandb_dir = log_summary(sweep, csv_text, {k: paths[k] for k in ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")},
+    from guidance.report.plots import PLOTS
+
+    wandb_dir = log_summary(sweep, csv_text, {k: paths[k] for k in PLOTS},
                             logger_cfg, out_dir)
     if wandb_dir:
         paths["wandb"] = Path(wandb_dir)

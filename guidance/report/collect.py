@@ -42,6 +42,10 @@ METRICS: dict[str, Metric] = {
     "recall": Metric("recall", "recall_std", "Recall", False, 2),
     "density": Metric("density", "density_std", "Density", False, 2),
     "coverage": Metric("coverage", "coverage_std", "Coverage", False, 2),
+    # Beyond FID (guidance.metrics.beyond_fid): class accuracy under the dataset evaluator, CMMD, Vendi.
+    "class_acc": Metric("class_acc", "class_acc_std", "Class acc", False, 3),
+    "cmmd": Metric("cmmd", "cmmd_std", "CMMD", True, 3),
+    "vendi": Metric("vendi", "vendi_std", "Vendi", False, 2),
 }
 
 OK = "ok"

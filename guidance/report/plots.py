@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from guidance.io import atomic_write_bytes  # noqa: E402
 from guidance.report.collect import MODEL_ORDER, Point, Sweep, is_finite  # noqa: E402
 
-PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids")
+PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids", "accuracy_recall")
 
 
 def series_key(p: Point, by_sampler: bool = False) -> str:
@@ -120,6 +120,30 @@ def plot_precision_recall(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_accuracy_recall(sweep: Sweep, path: Path) -> Path:
+    """Class accuracy of the samples under the dataset evaluator (what guidance buys) vs recall (what it costs)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    drawn = False
+    for key, pts in group_series(sweep.points).items():
+        pts = _with(pts, "class_acc", "recall")
+        if not pts:
+            continue
+        style = dict(marker="*", ms=12, ls="none") if pts[0].baseline else dict(marker="o")
+        ax.plot([p.value("recall") for p in pts], [p.value("class_acc") for p in pts], label=key, **style)
+        for p in pts:
+            ax.annotate(f"{x_of(p):g}" if x_of(p) is not None else "?", (p.value("recall"), p.value("class_acc")),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+        drawn = True
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no points with class accuracy (metrics=evaluator, labelled samples)")
+    ax.set_xlabel("recall (diversity)")
+    ax.set_ylabel("class accuracy under the dataset evaluator")
+    ax.set_title(f"Class accuracy vs recall, scale annotated — {sweep.name}")
+    return _save(fig, path)
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """(fid, is) pairs not dominated by another (lower FID and higher IS), sorted by FID."""
     front, best_is = [], -np.inf
@@ -200,4 +224,5 @@ def make_plots(sweep: Sweep, out_dir: str | Path) -> dict[str, Path]:
         "precision_recall": plot_precision_recall(sweep, out_dir / "precision_recall.png"),
         "is_vs_fid": plot_is_vs_fid(sweep, out_dir / "is_vs_fid.png"),
         "grids": plot_grids(sweep, out_dir / "grids.png"),
+        "accuracy_recall": plot_accuracy_recall(sweep, out_dir / "accuracy_recall.png"),
     }

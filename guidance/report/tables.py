@@ -22,6 +22,7 @@ from guidance.report.collect import METRICS, MODEL_ORDER, OK, Point, Sweep, is_f
 
 DASH = "–"  # missing value
 PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; csv carries all METRICS
+SHOWN_IF_MEASURED = ("class_acc",)  # md/tex columns too, when some row of the table has the value
 UNKNOWN = TableSpec("unknown", "Points of unknown strategy", ("Model", "Guidance", "Scale"), order=99,
                     classifier_cost=True)
 
@@ -167,22 +168,27 @@ def _has_status(t: Table) -> bool:
     return any(p.status != OK for p in t.rows)
 
 
+def shown_metrics(t: Table) -> tuple[str, ...]:
+    return PAPER_METRICS + tuple(m for m in SHOWN_IF_MEASURED if any(p.value(m) is not None for p in t.rows))
+
+
 def _grid(t: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
     arrow = {True: "↓", False: "↑"}
-    headers = _key_headers(t) + [f"{METRICS[m].label} {arrow[METRICS[m].lower_is_better]}" for m in PAPER_METRICS]
+    headers = _key_headers(t) + [f"{METRICS[m].label} {arrow[METRICS[m].lower_is_better]}" for m in shown_metrics(t)]
     headers += _cost_headers(t) + (["Status"] if _has_status(t) else [])
     body = []
     for i, p in enumerate(t.rows):
         cells = _scale_cells(t, p)
-        cells += [_metric_cell(p, m, pm, bold if t.best.get(m) == i else None) for m in PAPER_METRICS]
+        cells += [_metric_cell(p, m, pm, bold if t.best.get(m) == i else None) for m in shown_metrics(t)]
         cells += _cost_cells(t, p) + ([p.status if p.status != OK else ""] if _has_status(t) else [])
         body.append(cells)
     return headers, body
 
 
 def _notes(t: Table) -> list[str]:
-    notes = ["Lower is better for FID/sFID/KID, higher for IS/precision/recall; bold marks the best value per column."]
-    uncalled = [why for m, why in t.not_called.items() if m in PAPER_METRICS]
+    notes = ["Lower is better for FID/sFID/KID/CMMD, higher for IS/precision/recall/class accuracy; bold marks the "
+             "best value per column."]
+    uncalled = [why for m, why in t.not_called.items() if m in shown_metrics(t)]
     if uncalled:
         notes.append("Differences within ± are not called (runner-up within the spread, no bold): " + "; ".join(uncalled) + ".")
     if _has_status(t):
