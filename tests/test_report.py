@@ -76,8 +76,7 @@ def _write_point(folder: Path, overrides: list[str], info: dict | None, metrics:
 
 def _info(strategy, scale, conditional, nfe_step, clf_step):
     return dict(strategy=strategy, scale=scale, conditional=conditional, sampler="ddim", steps=STEPS, num_samples=N,
-                seed=7, cost_per_step=dict(nfe=nfe_step, classifier_forward=clf_step, classifier_backward=clf_step),
-                cost_per_sample=dict(nfe=nfe_step * STEPS, classifier_forward=clf_step * STEPS,
+                seed=7, cost_per_sample=dict(nfe=nfe_step * STEPS, classifier_forward=clf_step * STEPS,
                                      classifier_backward=clf_step * STEPS))
 
 

@@ -96,52 +96,40 @@ def plot_fid_vs_scale(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_precision_recall(sweep: Sweep, path: Path) -> Path:
+def _against_recall(sweep: Sweep, path: Path, metric: str, ylabel: str, title: str, empty: str) -> Path:
+    """One curve per series of `metric` vs recall, each point annotated with its scale."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     drawn = False
     for key, pts in group_series(sweep.points).items():
-        pts = _with(pts, "precision", "recall")
+        pts = _with(pts, metric, "recall")
         if not pts:
             continue
-        r, pr = [p.value("recall") for p in pts], [p.value("precision") for p in pts]
         style = dict(marker="*", ms=12, ls="none") if pts[0].baseline else dict(marker="o")
-        ax.plot(r, pr, label=key, **style)
+        ax.plot([p.value("recall") for p in pts], [p.value(metric) for p in pts], label=key, **style)
         for p in pts:  # the scale at each point: the curve's direction is the whole story
-            ax.annotate(f"{x_of(p):g}" if x_of(p) is not None else "?", (p.value("recall"), p.value("precision")),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
-        drawn = True
-    if not drawn:
-        _empty(ax, "no points with precision and recall")
-    else:
-        ax.legend(fontsize=8)
-    ax.set_xlabel("recall (diversity)")
-    ax.set_ylabel("precision (fidelity)")
-    ax.set_title(f"Precision vs recall, scale annotated — {sweep.name}")
-    return _save(fig, path)
-
-
-def plot_accuracy_recall(sweep: Sweep, path: Path) -> Path:
-    """Class accuracy of the samples under the dataset evaluator (what guidance buys) vs recall (what it costs)."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    drawn = False
-    for key, pts in group_series(sweep.points).items():
-        pts = _with(pts, "class_acc", "recall")
-        if not pts:
-            continue
-        style = dict(marker="*", ms=12, ls="none") if pts[0].baseline else dict(marker="o")
-        ax.plot([p.value("recall") for p in pts], [p.value("class_acc") for p in pts], label=key, **style)
-        for p in pts:
-            ax.annotate(f"{x_of(p):g}" if x_of(p) is not None else "?", (p.value("recall"), p.value("class_acc")),
+            ax.annotate(f"{x_of(p):g}" if x_of(p) is not None else "?", (p.value("recall"), p.value(metric)),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
         drawn = True
     if drawn:
         ax.legend(fontsize=8)
     else:
-        _empty(ax, "no points with class accuracy (metrics=evaluator, labelled samples)")
+        _empty(ax, empty)
     ax.set_xlabel("recall (diversity)")
-    ax.set_ylabel("class accuracy under the dataset evaluator")
-    ax.set_title(f"Class accuracy vs recall, scale annotated — {sweep.name}")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}, scale annotated — {sweep.name}")
     return _save(fig, path)
+
+
+def plot_precision_recall(sweep: Sweep, path: Path) -> Path:
+    return _against_recall(sweep, path, "precision", "precision (fidelity)", "Precision vs recall",
+                           "no points with precision and recall")
+
+
+def plot_accuracy_recall(sweep: Sweep, path: Path) -> Path:
+    """Class accuracy of the samples under the dataset evaluator (what guidance buys) vs recall (what it costs)."""
+    return _against_recall(sweep, path, "class_acc", "class accuracy under the dataset evaluator",
+                           "Class accuracy vs recall",
+                           "no points with class accuracy (metrics=evaluator, labelled samples)")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
