@@ -222,3 +222,57 @@ def test_density_is_float64():
     assert ind["density"].dtype == torch.float64
     counts = torch.round(ind["density"] * 7)
     torch.testing.assert_close(ind["density"], counts / 7, rtol=0, atol=1e-15)  # exact k-ths, no float32 rounding
+
+
+# ---- ADM reference batches (issue 9) ----
+
+def test_reference_batch_statistics_are_written_and_used(setup):
+    """export -> ADM layout with our statistics; evaluating against it uses mu/sigma (a shifted mu changes FID by
+    exactly ||shift||²), while statistics from another feature space are ignored, with the reason recorded."""
+    from guidance.metrics.evaluate import evaluate_samples, export_reference_batch, load_images_npz
+    from guidance.metrics.fid import feature_statistics, frechet_distance
+
+    tmp, samples, ref, cfg = setup
+    out = export_reference_batch(tmp / "ref_adm.npz", cfg, None, reference_npz=ref)
+    with np.load(out) as z:
+        assert {"arr_0", "mu", "sigma", "mu_s", "sigma_s", "extractor", "weights_sha256"} <= set(z.files)
+        assert z["arr_0"].shape == (50, SIZE, SIZE, 1) and z["mu"].shape == (6,)  # pool: feature_dim 6
+        assert z["sigma_s"].shape == (z["mu_s"].shape[0],) * 2
+        arrays = {k: z[k] for k in z.files}
+    images, labels = load_images_npz(samples)
+    base = evaluate_samples(images, labels, cfg, None, reference_npz=out)
+    assert base["reference"]["statistics"].startswith("precomputed")
+    recomputed = evaluate_samples(images, labels, cfg, None, reference_npz=ref)
+    assert recomputed["reference"]["statistics"].startswith("recomputed")
+    assert base["fid"] == pytest.approx(recomputed["fid"], rel=1e-9)  # same statistics, either way
+    shift = np.full(6, 0.5)
+    np.savez(tmp / "shifted.npz", **{**arrays, "mu": arrays["mu"] + shift})
+    shifted = evaluate_samples(images, labels, cfg, None, reference_npz=tmp / "shifted.npz")
+    from guidance.metrics import extractors as ext
+    from guidance.metrics.features import extract_features
+
+    net = ext.create_extractor("evaluator", ["pool"], cfg["evaluator_checkpoint"], torch.device("cpu"))
+    sample_stats = feature_statistics(extract_features(images, net, 64, False)["pool"])
+    want = frechet_distance(sample_stats, {"mu": arrays["mu"] + shift, "sigma": arrays["sigma"]})
+    assert shifted["fid"] == pytest.approx(want, rel=1e-6) and abs(shifted["fid"] - base["fid"]) > 1e-3
+    np.savez(tmp / "foreign.npz", **{**arrays, "extractor": np.array("inception")})
+    foreign = evaluate_samples(images, labels, cfg, None, reference_npz=tmp / "foreign.npz")
+    assert "inception" in foreign["reference"]["statistics"] and foreign["fid"] == pytest.approx(base["fid"], rel=1e-9)
+    adm_style = {k: v for k, v in arrays.items() if k not in ("extractor", "weights_sha256")}
+    np.savez(tmp / "adm.npz", **adm_style)  # ADM's own files carry Inception statistics: not for the evaluator
+    assert "Inception" in evaluate_samples(images, labels, cfg, None, reference_npz=tmp / "adm.npz")["reference"]["statistics"]
+
+
+def test_app_exports_a_reference_batch_without_samples_and_needs_one_of_them(setup):
+    tmp, _, ref, cfg = setup
+    base = [sys.executable, "-m", "guidance.apps.evaluate", f"reference_npz={ref}", "logger=none",
+            f"metrics.evaluator_checkpoint={cfg['evaluator_checkpoint']}", "metrics.progress=false",
+            f"hydra.run.dir={tmp / 'hydra'}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    res = subprocess.run(base + [f"write_reference={tmp / 'exported.npz'}"], capture_output=True, text=True,
+                         cwd=tmp, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with np.load(tmp / "exported.npz") as z:
+        assert str(z["extractor"]) == "evaluator" and z["arr_0"].shape[0] == 50
+    res = subprocess.run(base, capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: pass samples=")

@@ -12,7 +12,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
-from guidance.metrics.evaluate import evaluate_folder, find_samples_npz
+from guidance.errors import GuidanceError
+from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
 
 SCALARS = ("fid", "sfid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density", "coverage")
 
@@ -26,6 +27,14 @@ def evaluate(cfg: DictConfig) -> dict:
     # Relative paths are relative to where the command was run (Hydra may change the working directory).
     for key in ("evaluator_checkpoint", "inception_weights", "cache_dir"):
         metrics_cfg[key] = _abs(metrics_cfg.get(key))
+    if cfg.get("write_reference"):
+        path = export_reference_batch(_abs(cfg.write_reference), metrics_cfg, to_container(cfg.data),
+                                      _abs(cfg.reference_npz))
+        print(f"reference batch (ADM layout, {metrics_cfg['extractor']} statistics) -> {path}")
+        if not cfg.samples:
+            return {"reference_batch": str(path)}
+    if not cfg.samples:
+        raise GuidanceError("pass samples=<samples.npz or a sample job's folder> (or write_reference=<path> alone)")
     npz = find_samples_npz(to_absolute_path(cfg.samples))
     out = evaluate_folder(npz, metrics_cfg, to_container(cfg.data), _abs(cfg.reference_npz))
     run = init_wandb(cfg.logger, job_type="evaluate", config=to_container(cfg), dir=npz.parent)

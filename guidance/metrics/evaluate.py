@@ -26,6 +26,7 @@ from guidance.device import resolve_device
 from guidance.errors import GuidanceError
 from guidance.io import atomic_write_json
 from guidance.metrics import extractors as ext
+from guidance.metrics.adm_batch import read_precomputed_statistics, write_reference_batch
 from guidance.metrics.beyond_fid import class_fidelity, cmmd, vendi_score
 from guidance.metrics.features import extract_features
 from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
@@ -187,8 +188,10 @@ def _check_counts(n: int, what: str, c: dict, need_kid: bool = True, need_isc: b
 
 
 def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, torch.Tensor], cfg=None,
-                    sample_labels: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> dict:
-    """All metrics from features keyed by layer name (see extractors.METRIC_LAYERS for the extractor in cfg)."""
+                    sample_labels: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                    ref_stats: dict | None = None) -> dict:
+    """All metrics from features keyed by layer name (see extractors.METRIC_LAYERS for the extractor in cfg).
+    `ref_stats` {"fid": {mu, sigma}, "sfid": {...}}: precomputed reference statistics (an ADM batch's)."""
     c = metrics_config(cfg)
     layers = ext.layers_for(c["extractor"])
     for name, feats in (("samples", sample_feats), ("reference", ref_feats)):
@@ -204,11 +207,11 @@ def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, 
 
     # FID / sFID (Heusel et al. 2017; sFID: Nash et al. 2021) on float64 statistics.
     for name, layer in (("fid", layers["fid"]), ("sfid", layers["sfid"])):
-        ref_stats = feature_statistics(ref_feats[layer])
-        out[name] = frechet_distance(feature_statistics(sample_feats[layer]), ref_stats)
+        stats = (ref_stats or {}).get(name) or feature_statistics(ref_feats[layer])
+        out[name] = frechet_distance(feature_statistics(sample_feats[layer]), stats)
         if B > 1:
             with tqdm(total=B, desc=f"bootstrap {name}", leave=False, disable=not c["progress"]) as bar:
-                out[f"{name}_std"] = bootstrap_fid_std(sample_feats[layer], ref_stats, B, rng, bar)
+                out[f"{name}_std"] = bootstrap_fid_std(sample_feats[layer], stats, B, rng, bar)
 
     # IS (Salimans et al. 2016) on logits, torch-fidelity's split mean/std.
     if layers["isc"] in sample_feats:
@@ -316,7 +319,11 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
     if getattr(extractor, "weights_sha256", sha) != sha:
         raise GuidanceError("extractor weights changed while evaluating: rerun guidance-evaluate")
 
-    out = compute_metrics(sample_feats, ref_feats, c, labels, ref_labels)
+    ref_stats, stats_note = None, "recomputed from features"
+    if reference_npz and c["num_reference"] is None:  # ADM's statistics describe the whole batch, not a subset
+        dims = {m: ref_feats[layers[m]].shape[1] for m in ("fid", "sfid")}
+        ref_stats, stats_note = read_precomputed_statistics(reference_npz, c["extractor"], sha, dims)
+    out = compute_metrics(sample_feats, ref_feats, c, labels, ref_labels, ref_stats)
     out.update(
         extractor=c["extractor"],
         weights_sha256=sha,
@@ -324,10 +331,25 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
         feature_layers={m: layers[m] for m in ("fid", "sfid", "isc", "kid", "prc")},
         k_prc=c["k_prc"], k_dc=c["k_dc"], bootstrap=int(c["bootstrap"]),
         reference={"dataset": ref_name, "fingerprint": ref_key, "split": ref_split, "cache_hit": hit,
+                   "statistics": stats_note,
                    **({"npz": str(reference_npz)} if reference_npz else {})},
         seconds=round(time.time() - t0, 2),
     )
     return out
+
+
+def export_reference_batch(path: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> Path:
+    """The reference set as an ADM-layout batch: its images and FID/sFID statistics in this extractor's space."""
+    c = metrics_config(cfg_metrics)
+    layers = ext.layers_for(c["extractor"])
+    weights = _weights_path(c)
+    sha = ext.weights_sha256_for(c["extractor"], weights)
+    images, _ = _load_reference_images(data_cfg, reference_npz, c)
+    extractor = ext.create_extractor(c["extractor"], sorted({layers["fid"], layers["sfid"]}), weights,
+                                     resolve_device(c["device"]))
+    feats = extract_features(images, extractor, c["batch_size"], c["progress"])
+    stats = {m: feature_statistics(feats[layers[m]]) for m in ("fid", "sfid")}
+    return write_reference_batch(path, images, stats, c["extractor"], sha)
 
 
 def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
