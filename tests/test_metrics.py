@@ -391,3 +391,12 @@ def test_class_fidelity_indicators():
     assert out["class_acc"].tolist() == [1.0, 1.0, 0.0, 0.0]
     p = torch.softmax(logits.double(), 1)
     torch.testing.assert_close(out["class_target_prob"], p[[0, 1, 2, 3], [0, 1, 0, 2]])
+
+
+def test_cmmd_with_a_precomputed_reference_term_is_the_same():
+    from guidance.metrics.beyond_fid import cmmd, cmmd_reference_term
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 4, generator=g), torch.randn(25, 4, generator=g) * 2
+    assert cmmd(x, y, ref_term=cmmd_reference_term(y)) == pytest.approx(cmmd(x, y), rel=1e-12)
+    assert cmmd(x, y, ref_term=cmmd_reference_term(y) + 0.001) == pytest.approx(cmmd(x, y) + 1.0, rel=1e-9)

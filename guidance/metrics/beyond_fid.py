@@ -32,12 +32,21 @@ def _kernel_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, chunk: int) -> f
     return total
 
 
-def cmmd(sample_feats, ref_feats, sigma: float = 10.0, scale: float = 1000.0, chunk: int = 2048) -> float:
+def cmmd_reference_term(ref_feats, sigma: float = 10.0, chunk: int = 2048) -> float:
+    """The reference set's within-set kernel mean (diagonal left out): constant across a sweep, so callers
+    may compute it once and pass it to cmmd()."""
+    y = _normalise(ref_feats)
+    m = len(y)
+    return (_kernel_sum(y, y, 1.0 / (2.0 * sigma**2), chunk) - m) / (m * (m - 1))  # the diagonal is exp(0) = 1
+
+
+def cmmd(sample_feats, ref_feats, sigma: float = 10.0, scale: float = 1000.0, chunk: int = 2048,
+         ref_term: float | None = None) -> float:
     """Unbiased MMD² with the RBF kernel on L2-normalised embeddings, × scale (Jayasumana et al. 2024)."""
     x, y = _normalise(sample_feats), _normalise(ref_feats)
     n, m, gamma = len(x), len(y), 1.0 / (2.0 * sigma**2)
-    k_xx = (_kernel_sum(x, x, gamma, chunk) - n) / (n * (n - 1))  # the diagonal is exp(0) = 1 per row
-    k_yy = (_kernel_sum(y, y, gamma, chunk) - m) / (m * (m - 1))
+    k_xx = (_kernel_sum(x, x, gamma, chunk) - n) / (n * (n - 1))
+    k_yy = cmmd_reference_term(ref_feats, sigma, chunk) if ref_term is None else ref_term
     k_xy = _kernel_sum(x, y, gamma, chunk) / (n * m)
     return scale * (k_xx + k_yy - 2.0 * k_xy)
 

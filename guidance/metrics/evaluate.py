@@ -9,6 +9,7 @@ FID / KID / IS / P&R go through torch-fidelity's feature-level functions; we add
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import zipfile
@@ -27,7 +28,7 @@ from guidance.errors import GuidanceError
 from guidance.io import atomic_write_json
 from guidance.metrics import extractors as ext
 from guidance.metrics.adm_batch import read_precomputed_statistics, write_reference_batch
-from guidance.metrics.beyond_fid import class_fidelity, cmmd, vendi_score
+from guidance.metrics.beyond_fid import class_fidelity, cmmd, cmmd_reference_term, vendi_score
 from guidance.metrics.features import extract_features
 from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
 from guidance.metrics.prdc import bootstrap_indicator_std, bootstrap_sample_coverage_std, manifold_indicators
@@ -242,12 +243,25 @@ def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, 
     return out
 
 
+_CMMD_REF_TERMS: dict[tuple, float] = {}  # per process: a sweep evaluates many points against one reference
+
+
+def _cmmd_reference_term(ref: torch.Tensor, sigma: float) -> float:
+    """CMMD's reference-only term, computed once per reference set (keyed by a hash of its features)."""
+    digest = hashlib.sha256(np.ascontiguousarray(ref.float().numpy()).tobytes()).hexdigest()
+    key = (digest, tuple(ref.shape), sigma)
+    if key not in _CMMD_REF_TERMS:
+        _CMMD_REF_TERMS[key] = cmmd_reference_term(ref, sigma)
+    return _CMMD_REF_TERMS[key]
+
+
 def beyond_fid_metrics(sample_feats, ref_feats, sample_labels, c: dict, rng: np.random.Generator) -> dict:
     """CMMD (× 1000) and the Vendi score on the extractor's embedding; class accuracy of the samples under the
     dataset evaluator's logits (extractor=evaluator with labelled samples only: Inception's logits are
     ImageNet's classes, not the dataset's)."""
     layers = ext.layers_for(c["extractor"])
-    out = {"cmmd": cmmd(sample_feats[layers["kid"]], ref_feats[layers["kid"]], sigma=float(c["cmmd_sigma"])),
+    ref, sigma = ref_feats[layers["kid"]], float(c["cmmd_sigma"])
+    out = {"cmmd": cmmd(sample_feats[layers["kid"]], ref, sigma=sigma, ref_term=_cmmd_reference_term(ref, sigma)),
            "vendi": vendi_score(sample_feats[layers["prc"]])}
     if c["extractor"] == "evaluator" and sample_labels is not None and layers["isc"] in sample_feats:
         ind = class_fidelity(sample_feats[layers["isc"]], sample_labels)
