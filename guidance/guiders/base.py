@@ -12,10 +12,9 @@ its key cells and its curve; report/ knows no strategy by name.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from guidance.errors import GuidanceError, check_scale  # noqa: F401 (re-exported)
+from guidance.errors import check_scale  # noqa: F401 (re-exported for the strategies)
 from guidance.sampling.denoiser import ClassifierGrad, Eval
 from guidance.sampling.prediction import Prediction, Step
 

@@ -7,8 +7,6 @@ record `weights_sha256` so every metrics.json can say exactly which weights prod
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import torch
