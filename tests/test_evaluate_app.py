@@ -65,7 +65,9 @@ def test_app_writes_metrics_json(setup):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads((samples.parent / "metrics.json").read_text())
+    written = json.loads((samples.parent / "metrics.json").read_text())
+    assert written["format"] == 2 and set(written["extractors"]) == {"evaluator"}
+    out = written["extractors"]["evaluator"]
     for key in KEYS:
         assert key in out, key
     assert out["num_samples"] == 40 and out["num_reference"] == 50 and out["extractor"] == "evaluator"
@@ -276,3 +278,28 @@ def test_app_exports_a_reference_batch_without_samples_and_needs_one_of_them(set
         assert str(z["extractor"]) == "evaluator" and z["arr_0"].shape[0] == 50
     res = subprocess.run(base, capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: pass samples=")
+
+
+def test_metrics_json_keeps_one_result_per_extractor_of_the_same_samples(setup, tmp_path):
+    """Evaluating a point with a second extractor adds its result; new samples (by content) drop the old ones;
+    evaluate_folder_if_stale reuses a result only for the same samples, settings and extractor."""
+    from guidance.metrics.dinov2 import DinoV2ViT
+    from guidance.metrics.evaluate import evaluate_folder_if_stale
+
+    _, samples, ref, cfg = setup
+    torch.manual_seed(0)
+    torch.save(DinoV2ViT(embed_dim=64, depth=1, num_heads=1, patch_size=14, img_size=28).state_dict(),
+               tmp_path / "dino.pth")
+    dino = {**cfg, "extractor": "dinov2", "dinov2_weights": str(tmp_path / "dino.pth")}
+    assert evaluate_folder_if_stale(samples, cfg, DATA, ref) is not None
+    assert evaluate_folder_if_stale(samples, dino, DATA, ref) is not None
+    written = json.loads((samples.parent / "metrics.json").read_text())
+    assert set(written["extractors"]) == {"evaluator", "dinov2"}
+    assert "sfid" in written["extractors"]["evaluator"] and "sfid" not in written["extractors"]["dinov2"]
+    assert evaluate_folder_if_stale(samples, cfg, DATA, ref) is None  # both still hold
+    assert evaluate_folder_if_stale(samples, dino, DATA, ref) is None
+    assert evaluate_folder_if_stale(samples, {**dino, "k_prc": 4}, DATA, ref) is not None  # settings changed
+    save_batch(samples, 40, seed=7)  # new samples at the same path, same size
+    evaluate_folder(samples, cfg, DATA, ref)
+    assert set(json.loads((samples.parent / "metrics.json").read_text())["extractors"]) == {"evaluator"}
+    assert evaluate_folder_if_stale(samples, dino, DATA, ref) is not None

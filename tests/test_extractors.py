@@ -116,4 +116,4 @@ def test_evaluator_missing_checkpoint_says_what_to_run(tmp_path):
 
 def test_unknown_extractor_name():
     with pytest.raises(GuidanceError, match="metrics.extractor"):
-        create_extractor("clip", ["pool"], None, CPU)
+        create_extractor("vgg16", ["pool"], None, CPU)

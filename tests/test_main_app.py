@@ -48,7 +48,8 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     assert (study / "sweep" / points[0] / "samples.npz").stat().st_mtime_ns != stamps[points[0]]
     assert (study / "sweep" / points[0] / "metrics.json").stat().st_mtime_ns != metrics_stamp
     import json
-    assert json.loads((study / "sweep" / points[0] / "metrics.json").read_text())["num_samples"] == 10
+    written = json.loads((study / "sweep" / points[0] / "metrics.json").read_text())
+    assert written["extractors"]["evaluator"]["num_samples"] == 10
 
 
 def test_main_job_rejects_a_scale_on_the_unguided_strategy(fake_fashion_mnist, tmp_path):

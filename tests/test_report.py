@@ -249,7 +249,8 @@ def test_pick_best_spread_rule():
     from guidance.report.collect import Point
 
     def pts(*vs):
-        return [Point(name=str(i), folder=Path("."), metrics={"fid": v, "fid_std": s} if s is not None else {"fid": v})
+        return [Point(name=str(i), folder=Path("."),
+                  results={"evaluator": {"fid": v, "fid_std": s} if s is not None else {"fid": v}})
                 for i, (v, s) in enumerate(vs)]
 
     assert pick_best(pts((5.0, None), (6.0, None)), "fid") == (0, None)
@@ -296,10 +297,42 @@ def test_errors_one_line(tmp_path, sweep):
     with pytest.raises(GuidanceError, match="no sweep points"):
         collect_sweep(tmp_path / "empty")
     m = sweep / "guidance=cfg,guidance.scale=2" / "metrics.json"
-    m.write_text(json.dumps({**json.loads(m.read_text()), "extractor": "inception", "weights_sha256": "f" * 64}))
-    with pytest.raises(GuidanceError, match="mixes feature extractors") as e:
+    m.write_text(json.dumps({**json.loads(m.read_text()), "weights_sha256": "f" * 64}))  # a retrained evaluator
+    with pytest.raises(GuidanceError, match="mixes two sets of evaluator weights") as e:
         collect_sweep(sweep, progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_table_with_two_extractors_shows_both_columns(tmp_path):
+    """Points evaluated on the evaluator and on DINOv2 (metrics.json format 2, one result per extractor): the
+    table keeps the evaluator's paper columns and adds FD_DINOv2; best is called per column; csv has both."""
+    root = tmp_path / "two"
+    values = {0.0: (10.0, 300.0), 1.0: (6.0, 200.0), 3.0: (8.0, 150.0)}  # w -> (evaluator FID, FD_DINOv2)
+    for w, (fid, fd) in values.items():
+        folder = root / f"w={w}"
+        folder.mkdir(parents=True)
+        info = {"strategy": "cfg" if w else "none", "scale": w, "conditional": True, "sampler": "ddim", "steps": 25,
+                "num_samples": 100, "seed": 0, "cost_per_sample": {"nfe": 50 if w else 25}}
+        (folder / "sample_info.json").write_text(json.dumps(info))
+        base = {"num_samples": 100, "num_reference": 1000, "precision": 0.7, "recall": 0.5}
+        results = {"evaluator": {**base, "extractor": "evaluator", "weights_sha256": "a" * 64, "fid": fid},
+                   "dinov2": {**base, "extractor": "dinov2", "weights_sha256": "d" * 64, "fid": fd, "recall": 0.4}}
+        (folder / "metrics.json").write_text(json.dumps({"format": 2, "samples_sha256": "x", "extractors": results}))
+    sweep = collect_sweep(root, progress=False)
+    assert list(sweep.extractors) == ["evaluator", "dinov2"]
+    (t,) = [t for t in build_tables(sweep) if t.kind == "cfg"]
+    assert [c.label for c in t.columns] == ["FID (evaluator)", "sFID (evaluator)", "IS (evaluator)",
+                                             "Precision (evaluator)", "Recall (evaluator)", "FD_DINOv2"]
+    md = _md_table(to_markdown([t]), "Ho & Salimans")
+    header, body = md[0], md[2:]
+    fid, fd = header.index("FID (evaluator) ↓"), header.index("FD_DINOv2 ↓")
+    assert [(r[0], r[fid], r[fd]) for r in body] == [("0", "10.00", "300.00"), ("1", "**6.00**", "200.00"),
+                                                     ("3", "8.00", "**150.00**")]  # each column its own best
+    assert "Features: evaluator, weights aaaaaaaa; dinov2, weights dddddddd" in to_markdown([t])
+    rows = list(csv.DictReader(io.StringIO(to_csv([t], sweep))))
+    assert [(r["fid"], r["dinov2_fid"], r["dinov2_recall"], r["dinov2_fid_best"]) for r in rows] == [
+        ("10.0", "300.0", "0.4", ""), ("6.0", "200.0", "0.4", ""), ("8.0", "150.0", "0.4", "best")]
+    assert "dinov2_sfid" not in rows[0]  # DINOv2 has no spatial feature: no sFID column
 
 
 def _app(*args, cwd):
@@ -392,7 +425,8 @@ def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
         info = {**_info("cfg_interval", w, True, 2, 0), "sigma_lo": 0.0, "sigma_hi": 6.2,
                 "cost_per_sample": dict(nfe=40, classifier_forward=0, classifier_backward=0)}
         _write_point(root / f"cfg_interval-{w:g}", [], info, {"fid": fid}, CFG_COLOUR)
-    tables = {t.kind: t for t in build_tables(collect_sweep(root, progress=False))}
+    sweep = collect_sweep(root, progress=False)
+    tables = {t.kind: t for t in build_tables(sweep)}
     assert set(tables) == {"cfg", "cfg_interval"}
     rows = [(p.strategy, p.x, p.value("fid"), p.nfe) for p in tables["cfg_interval"].rows]
     assert rows == [("none", 0.0, 10.0, 25.0), ("cfg_interval", 1.0, 7.0, 40.0), ("cfg_interval", 2.0, 6.0, 40.0)]
@@ -400,7 +434,7 @@ def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
     md = to_markdown([tables["cfg_interval"]])
     assert "CFG in a limited interval (Kynkäänniemi et al. 2024)" in md
     assert "| w | Interval σ | FID" in md and "| 2 | (0, 6.2] | **6.00** |" in md and "| 0 | – | 10.00" in md
-    csv_rows = list(csv.DictReader(io.StringIO(to_csv([tables["cfg_interval"]]))))
+    csv_rows = list(csv.DictReader(io.StringIO(to_csv([tables["cfg_interval"]], sweep))))
     assert [(r["table"], r["x"]) for r in csv_rows] == [("cfg_interval", "0.0"), ("cfg_interval", "1.0"),
                                                                 ("cfg_interval", "2.0")]
 

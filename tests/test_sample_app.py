@@ -178,7 +178,7 @@ def test_sweep_with_evaluate_writes_one_metrics_json_per_point(ckpts, tmp_path):
     jobs = sorted(p.parent for p in (tmp_path / "sw").glob("*/samples.npz"))
     assert len(jobs) == 2 and not any("evaluate" in j.name for j in jobs)
     for job in jobs:
-        m = json.loads((job / "metrics.json").read_text())
+        m = json.loads((job / "metrics.json").read_text())["extractors"]["evaluator"]
         assert m["num_samples"] == 8 and m["num_reference"] == 30 and m["extractor"] == "evaluator"
         assert np.isfinite(m["fid"]) and 0 <= m["precision"] <= 1
     again = cli(*args, cwd=tmp_path)

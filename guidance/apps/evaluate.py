@@ -15,7 +15,8 @@ from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_conta
 from guidance.errors import GuidanceError
 from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
 
-SCALARS = ("fid", "sfid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "density", "coverage")
+SCALARS = ("fid", "sfid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage", "class_acc", "cmmd",
+           "vendi")
 
 
 def _abs(p: str | None) -> str | None:
@@ -25,7 +26,7 @@ def _abs(p: str | None) -> str | None:
 def evaluate(cfg: DictConfig) -> dict:
     metrics_cfg = to_container(cfg.metrics)
     # Relative paths are relative to where the command was run (Hydra may change the working directory).
-    for key in ("evaluator_checkpoint", "inception_weights", "cache_dir"):
+    for key in ("evaluator_checkpoint", "inception_weights", "dinov2_weights", "clip_weights", "cache_dir"):
         metrics_cfg[key] = _abs(metrics_cfg.get(key))
     if cfg.get("write_reference"):
         path = export_reference_batch(_abs(cfg.write_reference), metrics_cfg, to_container(cfg.data),
@@ -42,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run.log(scalars)
     run.summary.update(scalars)
     run.finish()
-    print("  ".join(f"{k}={out[k]:.4g}" for k in SCALARS if k in out))
+    print(f"[{out['extractor']}] " + "  ".join(f"{k}={out[k]:.4g}" for k in SCALARS if k in out))
     print(f"metrics -> {npz.parent / 'metrics.json'}")
     return out
 

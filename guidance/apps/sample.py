@@ -150,8 +150,8 @@ def evaluate_point(cfg: DictConfig, npz: Path) -> None:
     if metrics is None:
         print(f"{npz.parent / 'metrics.json'} is up to date; skipping evaluation")
     else:
-        print(f"metrics: FID {metrics['fid']:.3f}  precision {metrics['precision']:.3f}  recall {metrics['recall']:.3f}"
-              f"  -> {npz.parent / 'metrics.json'}")
+        shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("fid", "precision", "recall", "class_acc") if k in metrics)
+        print(f"metrics [{metrics['extractor']}]: {shown}  -> {npz.parent / 'metrics.json'}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""Sample batch -> metrics.json: FID, sFID, IS, KID, precision/recall, density/coverage (+ bootstrap spreads).
+"""Sample batch -> metrics.json: the registry's metrics (guidance.metrics.registry) on one feature extractor.
 
 Two levels, so other apps can chain evaluation in-process:
 - `compute_metrics(sample_feats, ref_feats, cfg)`: features (dicts keyed by layer) -> metrics dict;
 - `evaluate_folder(folder, cfg_metrics, data_cfg, reference_npz=None)`: reads `samples.npz` (ours or any ADM
-  batch: arr_0 uint8 NHWC [+ arr_1 labels]), extracts features, writes `metrics.json` beside it (atomic).
-FID / KID / IS / P&R go through torch-fidelity's feature-level functions; we add sFID and density/coverage.
+  batch: arr_0 uint8 NHWC [+ arr_1 labels]), extracts features, writes this extractor's result into the
+  `metrics.json` beside it (atomic), next to other extractors' results for the same samples.
+IS / KID go through torch-fidelity's feature-level functions; FID, sFID, P&R, D&C, CMMD, Vendi are ours
+(guidance.metrics.statistics), checked against torch-fidelity or closed forms in the tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import zipfile
@@ -19,26 +20,27 @@ import numpy as np
 import torch
 import torch_fidelity
 from omegaconf import DictConfig, OmegaConf
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from tqdm.auto import tqdm
 
 from guidance.device import resolve_device
 from guidance.errors import GuidanceError
 from guidance.io import atomic_write_json
 from guidance.metrics import extractors as ext
 from guidance.metrics.adm_batch import read_precomputed_statistics, write_reference_batch
-from guidance.metrics.beyond_fid import class_fidelity, cmmd, cmmd_reference_term, vendi_score
 from guidance.metrics.features import extract_features
-from guidance.metrics.fid import bootstrap_fid_std, feature_statistics, frechet_distance
-from guidance.metrics.prdc import bootstrap_indicator_std, bootstrap_sample_coverage_std, manifold_indicators
+from guidance.metrics.fid import feature_statistics, frechet_distance
+from guidance.metrics.prdc import manifold_indicators
 from guidance.metrics.reference import cache_key, load_or_extract
+from guidance.metrics.registry import METRICS, extractor_spec, metrics_for
+from guidance.metrics.statistics import STATISTICS, Inputs
 
 # Values used when a caller passes a partial metrics config (conf/metrics/*.yaml hold the same fields).
 DEFAULTS = {
     "extractor": "evaluator",
     "evaluator_checkpoint": None,
     "inception_weights": None,
+    "dinov2_weights": None,
+    "clip_weights": None,
+    "compute": None,
     "reference_split": "train",
     "num_reference": None,
     "batch_size": 256,
@@ -71,7 +73,7 @@ def metrics_config(cfg) -> dict:
     unknown = set(c) - set(DEFAULTS)
     if unknown:
         raise GuidanceError(f"unknown metrics option(s) {sorted(unknown)}: known are {sorted(DEFAULTS)}")
-    ext.layers_for(c["extractor"])  # validates the name
+    metrics_for(c["extractor"], c["compute"])  # validates the extractor and the metric names
     return c
 
 
@@ -135,7 +137,7 @@ def _npz_image_shape(path: Path) -> tuple[int, int, int]:
 
 
 def _weights_path(c: dict) -> str | None:
-    p = c["evaluator_checkpoint"] if c["extractor"] == "evaluator" else c["inception_weights"]
+    p = c[extractor_spec(c["extractor"]).weights_option]
     return str(Path(p).expanduser()) if p else None
 
 
@@ -176,107 +178,58 @@ def _load_reference_images(data_cfg, reference_npz, c: dict) -> tuple[torch.Tens
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def _check_counts(n: int, what: str, c: dict, need_kid: bool = True, need_isc: bool = False) -> None:
+def _check_counts(n: int, what: str, c: dict, wanted: list[str]) -> None:
     k = max(c["k_prc"], c["k_dc"])
-    if n < k + 1:
+    if n < k + 1 and {"precision", "recall", "density", "coverage"} & set(wanted):
         raise GuidanceError(f"only {n} {what}: k-NN metrics need more than k={k} (metrics.k_prc/k_dc); "
                             f"use more images")
-    if need_kid and n < c["kid_subset_size"]:
+    if "kid" in wanted and n < c["kid_subset_size"]:
         raise GuidanceError(f"only {n} {what} but metrics.kid_subset_size={c['kid_subset_size']}: lower "
                             f"metrics.kid_subset_size or use more images")
-    if need_isc and n < c["isc_splits"]:
+    if "is" in wanted and what == "samples" and n < c["isc_splits"]:
         raise GuidanceError(f"only {n} {what} but metrics.isc_splits={c['isc_splits']}: lower it or use more images")
+    if n < 2:
+        raise GuidanceError(f"only {n} {what}: statistics need at least 2 images")
+
+
+def _by_role(feats: dict[str, torch.Tensor], extractor: str, wanted: list[str], what: str) -> dict[str, torch.Tensor]:
+    """Features keyed by layer -> keyed by the role each layer plays for this extractor (registry.EXTRACTORS)."""
+    layers = extractor_spec(extractor).layers
+    missing = sorted({layers[r] for m in wanted for r in METRICS[m].roles} - set(feats))
+    if missing:
+        raise GuidanceError(f"{what} features lack layers {missing} for extractor {extractor}")
+    return {role: feats[layer] for role, layer in layers.items() if layer in feats}
 
 
 def compute_metrics(sample_feats: dict[str, torch.Tensor], ref_feats: dict[str, torch.Tensor], cfg=None,
                     sample_labels: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
                     ref_stats: dict | None = None) -> dict:
-    """All metrics from features keyed by layer name (see extractors.METRIC_LAYERS for the extractor in cfg).
+    """The registry's metrics (metrics.compute, default: all the extractor supports) from features keyed by layer.
     `ref_stats` {"fid": {mu, sigma}, "sfid": {...}}: precomputed reference statistics (an ADM batch's)."""
     c = metrics_config(cfg)
-    layers = ext.layers_for(c["extractor"])
-    for name, feats in (("samples", sample_feats), ("reference", ref_feats)):
-        missing = {layers[m] for m in ("fid", "sfid")} - set(feats)
-        if missing:
-            raise GuidanceError(f"{name} features lack layers {sorted(missing)} for extractor {c['extractor']}")
-    n, m = len(sample_feats[layers["fid"]]), len(ref_feats[layers["fid"]])
-    _check_counts(n, "samples", c, need_isc=layers["isc"] in sample_feats)
-    _check_counts(m, "reference images", c)
-    rng = np.random.default_rng(c["seed"])
-    B = int(c["bootstrap"])
+    wanted = sorted(metrics_for(c["extractor"], c["compute"]), key=list(METRICS).index)
+    samples = _by_role(sample_feats, c["extractor"], wanted, "samples")
+    reference = _by_role(ref_feats, c["extractor"], wanted, "reference")
+    n, m = len(samples["embedding"]), len(reference["embedding"])
+    _check_counts(n, "samples", c, wanted)
+    _check_counts(m, "reference images", c, wanted)
+    inputs = Inputs(samples, reference, sample_labels, c, np.random.default_rng(c["seed"]), ref_stats)
+    groups: dict[str, list[str]] = {}
+    for name in wanted:  # registry order: statistics share one Generator, so the order is part of the result
+        groups.setdefault(METRICS[name].statistic, []).append(name)
     out: dict = {"num_samples": n, "num_reference": m}
-
-    # FID / sFID (Heusel et al. 2017; sFID: Nash et al. 2021) on float64 statistics.
-    for name, layer in (("fid", layers["fid"]), ("sfid", layers["sfid"])):
-        stats = (ref_stats or {}).get(name) or feature_statistics(ref_feats[layer])
-        out[name] = frechet_distance(feature_statistics(sample_feats[layer]), stats)
-        if B > 1:
-            with tqdm(total=B, desc=f"bootstrap {name}", leave=False, disable=not c["progress"]) as bar:
-                out[f"{name}_std"] = bootstrap_fid_std(sample_feats[layer], stats, B, rng, bar)
-
-    # IS (Salimans et al. 2016) on logits, torch-fidelity's split mean/std.
-    if layers["isc"] in sample_feats:
-        isc = isc_features_to_metric(sample_feats[layers["isc"]], splits=c["isc_splits"], shuffle=True,
-                                     rng_seed=c["seed"])
-        out["is_mean"], out["is_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
-
-    # KID (Binkowski et al. 2018): torch-fidelity's unbiased MMD² with the cubic kernel over random subsets.
-    kid = kid_features_to_metric(sample_feats[layers["kid"]], ref_feats[layers["kid"]], kid_subsets=c["kid_subsets"],
-                                 kid_subset_size=c["kid_subset_size"], rng_seed=c["seed"], verbose=False)
-    out["kid_mean"], out["kid_std"] = kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
-
-    # P&R (k=3) and D&C (k=5): our chunked k-NN, equal to torch-fidelity's prc (tested) without N x M memory.
-    s, r = sample_feats[layers["prc"]], ref_feats[layers["prc"]]
-    with tqdm(total=2 * n + m, desc="k-NN manifolds", unit="rows", leave=False, disable=not c["progress"]) as bar:
-        ind, pairs = manifold_indicators(s, r, c["k_prc"], c["k_dc"], c["knn_chunk"], bar, return_pairs=True)
-    out.update({k: float(v.double().mean()) for k, v in ind.items()})
-    if B > 1:
-        # All four spreads resample the samples: precision/density through their per-sample indicators,
-        # recall/coverage through the covering pairs (per-reference indicators would hold the samples fixed).
-        per_sample = {k: ind[k] for k in ("precision", "density")}
-        out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(per_sample, B, rng).items()})
-        out.update({f"{k}_std": v for k, v in bootstrap_sample_coverage_std(pairs, len(s), len(r), B, rng).items()})
-
-    out.update(beyond_fid_metrics(sample_feats, ref_feats, sample_labels, c, rng))
+    for statistic, names in groups.items():
+        out.update(STATISTICS[statistic](inputs, names))
     if c["per_class"]:
-        out["per_class"] = per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c)
-    return out
-
-
-_CMMD_REF_TERMS: dict[tuple, float] = {}  # per process: a sweep evaluates many points against one reference
-
-
-def _cmmd_reference_term(ref: torch.Tensor, sigma: float) -> float:
-    """CMMD's reference-only term, computed once per reference set (keyed by a hash of its features)."""
-    digest = hashlib.sha256(np.ascontiguousarray(ref.float().numpy()).tobytes()).hexdigest()
-    key = (digest, tuple(ref.shape), sigma)
-    if key not in _CMMD_REF_TERMS:
-        _CMMD_REF_TERMS[key] = cmmd_reference_term(ref, sigma)
-    return _CMMD_REF_TERMS[key]
-
-
-def beyond_fid_metrics(sample_feats, ref_feats, sample_labels, c: dict, rng: np.random.Generator) -> dict:
-    """CMMD (× 1000) and the Vendi score on the extractor's embedding; class accuracy of the samples under the
-    dataset evaluator's logits (extractor=evaluator with labelled samples only: Inception's logits are
-    ImageNet's classes, not the dataset's)."""
-    layers = ext.layers_for(c["extractor"])
-    ref, sigma = ref_feats[layers["kid"]], float(c["cmmd_sigma"])
-    out = {"cmmd": cmmd(sample_feats[layers["kid"]], ref, sigma=sigma, ref_term=_cmmd_reference_term(ref, sigma)),
-           "vendi": vendi_score(sample_feats[layers["prc"]])}
-    if c["extractor"] == "evaluator" and sample_labels is not None and layers["isc"] in sample_feats:
-        ind = class_fidelity(sample_feats[layers["isc"]], sample_labels)
-        out.update({k: float(v.mean()) for k, v in ind.items()})
-        if int(c["bootstrap"]) > 1:
-            out.update({f"{k}_std": v for k, v in bootstrap_indicator_std(ind, int(c["bootstrap"]), rng).items()})
+        out["per_class"] = per_class_metrics(samples, reference, sample_labels, ref_labels, c)
     return out
 
 
 def per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c: dict) -> dict:
-    """FID and P&R within each label (samples labelled y vs reference images of class y)."""
+    """FID and P&R within each label (samples labelled y vs reference images of class y), features by role."""
     if sample_labels is None or ref_labels is None:
         which = "samples (arr_1)" if sample_labels is None else "reference"
         raise GuidanceError(f"per_class=true needs labels but the {which} has none: set metrics.per_class=false")
-    layers = ext.layers_for(c["extractor"])
     k = c["k_prc"]
     out = {}
     for y in sorted(set(sample_labels.tolist())):
@@ -287,10 +240,9 @@ def per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c: dic
             # Recorded, not hidden: a class the guided sampler rarely produced has no meaningful FID.
             row.update(fid=None, precision=None, recall=None, skipped=f"fewer than {k + 1} images")
         else:
-            s, r = sample_feats[layers["fid"]][s_mask], ref_feats[layers["fid"]][r_mask]
+            s, r = sample_feats["embedding"][s_mask], ref_feats["embedding"][r_mask]
             row["fid"] = frechet_distance(feature_statistics(s), feature_statistics(r))
-            ind = manifold_indicators(sample_feats[layers["prc"]][s_mask], ref_feats[layers["prc"]][r_mask], k, k,
-                                      c["knn_chunk"])
+            ind = manifold_indicators(s, r, k, k, c["knn_chunk"])
             row["precision"], row["recall"] = float(ind["precision"].double().mean()), float(ind["recall"].double().mean())
         out[str(y)] = row
     return out
@@ -301,7 +253,7 @@ def per_class_metrics(sample_feats, ref_feats, sample_labels, ref_labels, c: dic
 
 def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metrics, data_cfg,
                      reference_npz: str | Path | None = None) -> dict:
-    """uint8 NCHW samples (+ labels) vs the reference set -> metrics dict (nothing written but the cache)."""
+    """uint8 NCHW samples (+ labels) vs the reference set -> one extractor's result (nothing written but the cache)."""
     c = metrics_config(cfg_metrics)
     t0 = time.time()
     ref_name, ref_key, ref_split, ref_shape = reference_description(data_cfg, reference_npz, c)
@@ -309,7 +261,7 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
         raise GuidanceError(f"samples are {'x'.join(map(str, images.shape[1:]))} (CxHxW) but the reference "
                             f"({ref_name} {ref_split}) is {'x'.join(map(str, ref_shape))}: evaluate against the data "
                             f"config the samples were generated from")
-    layers = ext.layers_for(c["extractor"])
+    layers = extractor_spec(c["extractor"]).layers
     feature_set = sorted(set(layers.values()))
     weights = _weights_path(c)
     sha = ext.weights_sha256_for(c["extractor"], weights)
@@ -327,22 +279,22 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
         return extract_features(ref_images, get_extractor(), c["batch_size"], c["progress"]), ref_labels
 
     key = cache_key(ref_key, ref_split, c["num_reference"], c["extractor"], sha, feature_set)
-    cache_dir = c["cache_dir"]
-    ref_feats, ref_labels, hit = load_or_extract(cache_dir, key, extract_reference)
+    ref_feats, ref_labels, hit = load_or_extract(c["cache_dir"], key, extract_reference)
     sample_feats = extract_features(images, get_extractor(), c["batch_size"], c["progress"])
     if getattr(extractor, "weights_sha256", sha) != sha:
         raise GuidanceError("extractor weights changed while evaluating: rerun guidance-evaluate")
 
     ref_stats, stats_note = None, "recomputed from features"
-    if reference_npz and c["num_reference"] is None:  # ADM's statistics describe the whole batch, not a subset
-        dims = {m: ref_feats[layers[m]].shape[1] for m in ("fid", "sfid")}
+    # ADM's statistics describe the whole batch (not a subset) in a space with a spatial (sFID) feature.
+    if reference_npz and c["num_reference"] is None and "spatial" in layers:
+        dims = {m: ref_feats[layers[METRICS[m].roles[0]]].shape[1] for m in ("fid", "sfid")}
         ref_stats, stats_note = read_precomputed_statistics(reference_npz, c["extractor"], sha, dims)
     out = compute_metrics(sample_feats, ref_feats, c, labels, ref_labels, ref_stats)
     out.update(
         extractor=c["extractor"],
         weights_sha256=sha,
         torch_fidelity_version=torch_fidelity.__version__,
-        feature_layers={m: layers[m] for m in ("fid", "sfid", "isc", "kid", "prc")},
+        feature_layers=dict(layers),
         k_prc=c["k_prc"], k_dc=c["k_dc"], bootstrap=int(c["bootstrap"]),
         reference={"dataset": ref_name, "fingerprint": ref_key, "split": ref_split, "cache_hit": hit,
                    "statistics": stats_note,
@@ -355,24 +307,56 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
 def export_reference_batch(path: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> Path:
     """The reference set as an ADM-layout batch: its images and FID/sFID statistics in this extractor's space."""
     c = metrics_config(cfg_metrics)
-    layers = ext.layers_for(c["extractor"])
+    layers = extractor_spec(c["extractor"]).layers
+    if "spatial" not in layers:
+        raise GuidanceError(f"ADM reference batches hold FID and sFID statistics, and extractor {c['extractor']!r} "
+                            f"has no spatial (sFID) feature: use metrics=evaluator or metrics=inception")
     weights = _weights_path(c)
     sha = ext.weights_sha256_for(c["extractor"], weights)
     images, _ = _load_reference_images(data_cfg, reference_npz, c)
-    extractor = ext.create_extractor(c["extractor"], sorted({layers["fid"], layers["sfid"]}), weights,
+    extractor = ext.create_extractor(c["extractor"], sorted({layers["embedding"], layers["spatial"]}), weights,
                                      resolve_device(c["device"]))
     feats = extract_features(images, extractor, c["batch_size"], c["progress"])
-    stats = {m: feature_statistics(feats[layers[m]]) for m in ("fid", "sfid")}
+    stats = {m: feature_statistics(feats[layers[METRICS[m].roles[0]]]) for m in ("fid", "sfid")}
     return write_reference_batch(path, images, stats, c["extractor"], sha)
 
 
+# ---------------------------------------------------------------------------------------------- metrics.json
+
+METRICS_FORMAT = 2  # {"format": 2, "samples", "samples_sha256", "extractors": {name: result}}
+
+
+def results_by_extractor(data: dict) -> dict[str, dict]:
+    """extractor -> result from metrics.json content; a format-1 file (one flat result) is its own extractor."""
+    if "extractors" in data:
+        found = data["extractors"] if isinstance(data["extractors"], dict) else {}
+        return {k: v for k, v in found.items() if isinstance(v, dict)}
+    return {str(data.get("extractor")): data} if data else {}
+
+
+def _results_of_same_samples(path: Path, samples_sha256: str) -> dict[str, dict]:
+    """Other extractors' results worth keeping: only those of these very samples (by content)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("samples_sha256") != samples_sha256:
+        return {}
+    return results_by_extractor(data)
+
+
 def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
-    """Evaluate `folder/samples.npz` (or a samples .npz path) and write `metrics.json` beside it."""
+    """Evaluate `folder/samples.npz` (or a samples .npz path) and write this extractor's result into the
+    `metrics.json` beside it; results of other extractors for the same samples are kept."""
     npz = find_samples_npz(folder)
     images, labels = load_images_npz(npz)
     out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)
     out["samples"] = str(npz)
-    atomic_write_json(out, npz.parent / "metrics.json")
+    samples_sha = ext.sha256_file(npz)
+    path = npz.parent / "metrics.json"
+    results = {**_results_of_same_samples(path, samples_sha), out["extractor"]: out}
+    atomic_write_json({"format": METRICS_FORMAT, "samples": str(npz), "samples_sha256": samples_sha,
+                       "extractors": results}, path)
     return out
 
 
@@ -381,25 +365,32 @@ _NOT_PROVENANCE = ("progress", "device", "batch_size", "knn_chunk", "cache_dir")
 
 
 def evaluation_settings(cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
-    """What a metrics.json depends on: metrics config, reference (data split or npz) and the evaluator's sha256."""
+    """What one extractor's result depends on: metrics config, reference (data split or npz), the weights' sha256."""
     c = {k: v for k, v in metrics_config(cfg_metrics).items() if k not in _NOT_PROVENANCE}
     data = _as_dict(data_cfg)
     c["reference"] = str(reference_npz) if reference_npz else {k: data.get(k) for k in ("name", "path", "image_size")}
-    if c.get("extractor") == "evaluator" and c.get("evaluator_checkpoint") and Path(c["evaluator_checkpoint"]).is_file():
-        c["evaluator_sha256"] = ext.sha256_file(c["evaluator_checkpoint"])  # (a missing file fails in evaluate)
+    weights = _weights_path(c)
+    if weights and Path(weights).is_file():
+        c["weights_sha256"] = ext.sha256_file(weights)  # (a missing file fails in evaluate)
     return c
 
 
 def evaluate_folder_if_stale(folder: str | Path, cfg_metrics, data_cfg,
                              reference_npz: str | Path | None = None) -> dict | None:
-    """evaluate_folder, unless metrics.json is newer than the samples and was made with the same settings
-    (recorded in metrics_settings.json). Returns the new metrics, or None when the old ones still hold."""
+    """evaluate_folder, unless metrics.json already holds this extractor's result for these very samples (by
+    content) made with the same settings (recorded in metrics_settings.json). None when the old result holds."""
     npz = find_samples_npz(folder)
-    settings = evaluation_settings(cfg_metrics, data_cfg, reference_npz)
+    settings = json.loads(json.dumps(evaluation_settings(cfg_metrics, data_cfg, reference_npz)))
     metrics, used = npz.parent / "metrics.json", npz.parent / "metrics_settings.json"
-    if (metrics.is_file() and used.is_file() and metrics.stat().st_mtime >= npz.stat().st_mtime
-            and json.loads(used.read_text()) == json.loads(json.dumps(settings))):
+    try:
+        recorded = json.loads(used.read_text()) if used.is_file() else {}
+    except (OSError, ValueError):
+        recorded = {}
+    samples_sha = ext.sha256_file(npz)
+    if (recorded.get("samples_sha256") == samples_sha and recorded.get(settings["extractor"]) == settings
+            and settings["extractor"] in _results_of_same_samples(metrics, samples_sha)):
         return None
     out = evaluate_folder(npz, cfg_metrics, data_cfg, reference_npz)
-    atomic_write_json(settings, used)
+    kept = recorded if recorded.get("samples_sha256") == samples_sha else {}
+    atomic_write_json({**kept, "samples_sha256": samples_sha, settings["extractor"]: settings}, used)
     return out

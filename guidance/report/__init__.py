@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from guidance.io import atomic_write_text
-from guidance.report.collect import METRICS, Point, Sweep, collect_sweep
+from guidance.metrics.registry import METRICS
+from guidance.report.collect import Point, Sweep, collect_sweep
 from guidance.report.plots import make_plots
 from guidance.report.tables import Table, build_tables, to_csv, to_latex, to_markdown
 from guidance.report.wandb_summary import log_summary
@@ -34,7 +35,7 @@ def build_report(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     if name:
         sweep.name = name
     tables = build_tables(sweep)
-    csv_text = to_csv(tables)
+    csv_text = to_csv(tables, sweep)
     paths = {
         "md": atomic_write_text(to_markdown(tables), out_dir / "tradeoff.md"),
         "csv": atomic_write_text(csv_text, out_dir / "tradeoff.csv"),

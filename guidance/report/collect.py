@@ -19,34 +19,11 @@ from tqdm import tqdm
 
 from guidance.errors import GuidanceError
 from guidance.guiders import Description, describe_point
+from guidance.metrics.evaluate import results_by_extractor
+from guidance.metrics.registry import METRICS, extractor_order
 
 MODEL_ORDER = {False: 0, True: 1, None: 2}  # ADM Table 4 lists the unconditional model first
 
-
-@dataclass(frozen=True)
-class Metric:
-    key: str             # value key in metrics.json
-    std_key: str         # its spread (bootstrap, or IS/KID split std from torch-fidelity)
-    label: str
-    lower_is_better: bool
-    decimals: int
-
-
-# Paper conventions (ADM Table 4, Ho & Salimans Table 1): FID/sFID/KID go down, the rest goes up.
-METRICS: dict[str, Metric] = {
-    "fid": Metric("fid", "fid_std", "FID", True, 2),
-    "sfid": Metric("sfid", "sfid_std", "sFID", True, 2),
-    "is": Metric("is_mean", "is_std", "IS", False, 2),
-    "kid": Metric("kid_mean", "kid_std", "KID", True, 4),
-    "precision": Metric("precision", "precision_std", "Precision", False, 2),
-    "recall": Metric("recall", "recall_std", "Recall", False, 2),
-    "density": Metric("density", "density_std", "Density", False, 2),
-    "coverage": Metric("coverage", "coverage_std", "Coverage", False, 2),
-    # Beyond FID (guidance.metrics.beyond_fid): class accuracy under the dataset evaluator, CMMD, Vendi.
-    "class_acc": Metric("class_acc", "class_acc_std", "Class acc", False, 3),
-    "cmmd": Metric("cmmd", "cmmd_std", "CMMD", True, 3),
-    "vendi": Metric("vendi", "vendi_std", "Vendi", False, 2),
-}
 
 OK = "ok"
 MISSING_METRICS = "missing metrics"
@@ -72,13 +49,21 @@ class Point:
     classifier_backward: float | None = None
     desc: Description | None = None        # how the strategy wants the point shown (guiders' describe)
     info: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)  # extractor -> its metrics.json result
 
-    def value(self, metric: str) -> float | None:
-        return _number(self.metrics.get(METRICS[metric].key))
+    @property
+    def metrics(self) -> dict:
+        """The result of the point's leading extractor (registry order), {} when none."""
+        return self.results[min(self.results, key=extractor_order)] if self.results else {}
 
-    def spread(self, metric: str) -> float | None:
-        return _number(self.metrics.get(METRICS[metric].std_key))
+    def _result(self, extractor: str | None) -> dict:
+        return self.metrics if extractor is None else self.results.get(extractor, {})
+
+    def value(self, metric: str, extractor: str | None = None) -> float | None:
+        return _number(self._result(extractor).get(METRICS[metric].key))
+
+    def spread(self, metric: str, extractor: str | None = None) -> float | None:
+        return _number(self._result(extractor).get(METRICS[metric].std_key))
 
     @property
     def baseline(self) -> bool:
@@ -105,8 +90,15 @@ class Sweep:
     root: Path
     points: list[Point]
     name: str                      # wandb group: sweep_name from multirun.yaml, else the folder name
-    extractor: str | None
-    weights_sha256: str | None
+    extractors: dict[str, str]     # extractor -> weights sha256, leading extractor first (registry order)
+
+    @property
+    def extractor(self) -> str | None:
+        return next(iter(self.extractors), None)
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return self.extractors.get(self.extractor) if self.extractor else None
 
 
 def _number(x) -> float | None:
@@ -205,8 +197,8 @@ def read_point(folder: Path, root: Path) -> Point:
         if err:
             problems.append(err)
         else:
-            p.metrics = metrics
-            p.num_samples = p.num_samples or metrics.get("num_samples")
+            p.results = results_by_extractor(metrics)
+            p.num_samples = p.num_samples or p.metrics.get("num_samples")
     _fill_from_overrides(p, _hydra_overrides(folder))
     if problems:
         p.status = "; ".join(problems)
@@ -264,18 +256,24 @@ def collect_sweep(sweep_dir: str | os.PathLike, exclude: list[str | os.PathLike]
                             "run guidance-sample -m (and guidance-evaluate) into it first")
     points = [read_point(f, root) for f in tqdm(folders, desc="reading sweep", disable=not progress)]
 
-    # Numbers from different feature spaces (extractor or its weights) are not comparable: refuse to mix them.
-    spaces: dict[tuple, list[str]] = {}
+    return Sweep(root=root, points=points, name=_sweep_name(root), extractors=_feature_spaces(points))
+
+
+def _feature_spaces(points: list[Point]) -> dict[str, str]:
+    """extractor -> weights sha256 over the sweep. One extractor with two sets of weights is two feature spaces,
+    whose numbers cannot share a column: refused. Several extractors give several columns."""
+    spaces: dict[str, dict[str, list[str]]] = {}
     for p in points:
-        if p.metrics:
-            spaces.setdefault((p.metrics.get("extractor"), p.metrics.get("weights_sha256")), []).append(p.name)
-    if len(spaces) > 1:
-        desc = "; ".join(f"{ex} weights {str(sha)[:8]} in {', '.join(names[:2])}{' ...' if len(names) > 2 else ''}"
-                         for (ex, sha), names in spaces.items())
-        raise GuidanceError(f"sweep mixes feature extractors ({desc}): metrics from different feature spaces cannot share "
-                            "a table; re-evaluate every point with one metrics config or report the sweeps separately")
-    (extractor, sha), = spaces.keys() if spaces else [(None, None)]
-    return Sweep(root=root, points=points, name=_sweep_name(root), extractor=extractor, weights_sha256=sha)
+        for extractor, result in p.results.items():
+            spaces.setdefault(extractor, {}).setdefault(str(result.get("weights_sha256")), []).append(p.name)
+    for extractor, by_sha in spaces.items():
+        if len(by_sha) > 1:
+            desc = "; ".join(f"weights {sha[:8]} in {', '.join(names[:2])}{' ...' if len(names) > 2 else ''}"
+                             for sha, names in by_sha.items())
+            raise GuidanceError(f"sweep mixes two sets of {extractor} weights ({desc}): metrics from different "
+                                "feature spaces cannot share a column; re-evaluate every point with one metrics "
+                                "config or report the sweeps separately")
+    return {e: next(iter(spaces[e])) for e in sorted(spaces, key=extractor_order)}
 
 
 def is_finite(x: float | None) -> bool:

@@ -18,11 +18,60 @@ import io
 from dataclasses import dataclass, field
 
 from guidance.guiders import TableSpec
-from guidance.report.collect import METRICS, MODEL_ORDER, OK, Point, Sweep, is_finite
+from guidance.metrics.registry import EXTRACTORS, METRICS, metric_label, supported
+from guidance.report.collect import MODEL_ORDER, OK, Point, Sweep, is_finite
 
 DASH = "–"  # missing value
 PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; csv carries all METRICS
 SHOWN_IF_MEASURED = ("class_acc",)  # md/tex columns too, when some row of the table has the value
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric on one extractor. The sweep's leading extractor keeps the bare metric name as its id."""
+
+    metric: str
+    extractor: str | None
+    leading: bool = True
+    qualify: bool = False  # the sweep holds several extractors: say which one
+
+    @property
+    def id(self) -> str:
+        return self.metric if self.leading else f"{self.extractor}_{self.metric}"
+
+    @property
+    def label(self) -> str:
+        return metric_label(self.metric, self.extractor, self.qualify) if self.extractor else METRICS[self.metric].label
+
+    def value(self, p: Point) -> float | None:
+        return p.value(self.metric, self.extractor)
+
+    def spread(self, p: Point) -> float | None:
+        return p.spread(self.metric, self.extractor)
+
+
+def sweep_columns(sweep: Sweep, measured=lambda c: True) -> list[Column]:
+    """Every registry metric on every extractor of the sweep that supports it (csv), leading extractor first."""
+    extractors = list(sweep.extractors) or [None]
+    qualify = len(extractors) > 1
+    return [Column(m, e, i == 0, qualify) for i, e in enumerate(extractors)
+            for m in METRICS if (e is None or e not in EXTRACTORS or supported(m, e))]
+
+
+def _table_columns(sweep: Sweep, rows: list[Point]) -> list[Column]:
+    """The paper's columns on the leading extractor (+ class accuracy when measured), then each further
+    extractor's headline metrics (FD_DINOv2, CMMD, ...) where measured."""
+    has = lambda c: any(c.value(p) is not None for p in rows)
+    out = []
+    for c in sweep_columns(sweep):
+        if c.leading:
+            keep = c.metric in PAPER_METRICS or (c.metric in SHOWN_IF_MEASURED and has(c))
+        else:
+            keep = c.metric in EXTRACTORS[c.extractor].headline and has(c) if c.extractor in EXTRACTORS else False
+        if keep:
+            out.append(c)
+    order = {m: i for i, m in enumerate(PAPER_METRICS + SHOWN_IF_MEASURED)}
+    return sorted(out, key=lambda c: (not c.leading, order.get(c.metric, 99) if c.leading else 0))
 UNKNOWN = TableSpec("unknown", "Points of unknown strategy", ("Model", "Guidance", "Scale"), order=99,
                     classifier_cost=True)
 
@@ -32,8 +81,9 @@ class Table:
     spec: TableSpec
     rows: list[Point]
     caption: str = ""
-    best: dict[str, int] = field(default_factory=dict)       # metric -> row index of the called best
-    not_called: dict[str, str] = field(default_factory=dict)  # metric -> why no best was marked
+    columns: list[Column] = field(default_factory=list)      # md/tex metric columns
+    best: dict[str, int] = field(default_factory=dict)       # column id -> row index of the called best
+    not_called: dict[str, str] = field(default_factory=dict)  # column id -> why no best was marked
 
     @property
     def kind(self) -> str:
@@ -54,25 +104,26 @@ def fmt(x: float | None, decimals: int) -> str:
     return DASH if x is None else f"{x:.{decimals}f}"
 
 
-def pick_best(rows: list[Point], metric: str) -> tuple[int | None, str | None]:
+def pick_best(rows: list[Point], column: Column | str) -> tuple[int | None, str | None]:
     """(index of the best row, None), or (None, reason) when the runner-up is within the spread."""
-    m = METRICS[metric]
-    cands = [(p.value(metric), p.spread(metric) or 0.0, i) for i, p in enumerate(rows) if is_finite(p.value(metric))]
+    col = Column(column, None) if isinstance(column, str) else column
+    m = METRICS[col.metric]
+    cands = [(col.value(p), col.spread(p) or 0.0, i) for i, p in enumerate(rows) if is_finite(col.value(p))]
     if len(cands) < 2:
         return None, None  # nothing to compare against
     cands.sort(key=lambda c: c[0] if m.lower_is_better else -c[0])
     (v1, s1, i1), (v2, s2, _) = cands[0], cands[1]
     if abs(v1 - v2) <= s1 + s2:  # best ± s1 and runner-up ± s2 overlap
         d = m.decimals
-        return None, f"{m.label}: {v1:.{d}f} ± {s1:.{d}f} vs {v2:.{d}f} ± {s2:.{d}f}"
+        return None, f"{col.label}: {v1:.{d}f} ± {s1:.{d}f} vs {v2:.{d}f} ± {s2:.{d}f}"
     return i1, None
 
 
 def _caption(sweep: Sweep, rows: list[Point]) -> str:
     parts = []
-    if sweep.extractor:
-        sha = f", weights {sweep.weights_sha256[:8]}" if sweep.weights_sha256 else ""
-        parts.append(f"Features: {sweep.extractor}{sha}")
+    if sweep.extractors:
+        spaces = [e + (f", weights {sha[:8]}" if sha and sha != "None" else "") for e, sha in sweep.extractors.items()]
+        parts.append("Features: " + "; ".join(spaces))
     else:
         parts.append("Features: none recorded (no metrics.json)")
     counts = sorted({p.num_samples for p in rows if p.num_samples is not None})
@@ -104,12 +155,13 @@ def build_tables(sweep: Sweep) -> list[Table]:
         tables[0].rows.extend(unknown)
     for t in tables:
         t.caption = _caption(sweep, t.rows)
-        for metric in METRICS:
-            idx, why = pick_best(t.rows, metric)
+        t.columns = _table_columns(sweep, t.rows)
+        for col in sweep_columns(sweep):
+            idx, why = pick_best(t.rows, col)
             if idx is not None:
-                t.best[metric] = idx
+                t.best[col.id] = idx
             elif why:
-                t.not_called[metric] = why
+                t.not_called[col.id] = why
     return tables
 
 
@@ -155,9 +207,9 @@ def _cost_headers(t: Table) -> list[str]:
     return ["NFE/sample"] + (["Classifier fwd/bwd per sample"] if t.spec.classifier_cost else [])
 
 
-def _metric_cell(p: Point, metric: str, pm: str, bold) -> str:
-    m = METRICS[metric]
-    v, s = p.value(metric), p.spread(metric)
+def _metric_cell(p: Point, col: Column, pm: str, bold) -> str:
+    m = METRICS[col.metric]
+    v, s = col.value(p), col.spread(p)
     if v is None:
         return DASH
     text = fmt(v, m.decimals) + (f" {pm} {fmt(s, m.decimals)}" if s is not None else "")
@@ -168,18 +220,14 @@ def _has_status(t: Table) -> bool:
     return any(p.status != OK for p in t.rows)
 
 
-def shown_metrics(t: Table) -> tuple[str, ...]:
-    return PAPER_METRICS + tuple(m for m in SHOWN_IF_MEASURED if any(p.value(m) is not None for p in t.rows))
-
-
 def _grid(t: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
     arrow = {True: "↓", False: "↑"}
-    headers = _key_headers(t) + [f"{METRICS[m].label} {arrow[METRICS[m].lower_is_better]}" for m in shown_metrics(t)]
+    headers = _key_headers(t) + [f"{c.label} {arrow[METRICS[c.metric].lower_is_better]}" for c in t.columns]
     headers += _cost_headers(t) + (["Status"] if _has_status(t) else [])
     body = []
     for i, p in enumerate(t.rows):
         cells = _scale_cells(t, p)
-        cells += [_metric_cell(p, m, pm, bold if t.best.get(m) == i else None) for m in shown_metrics(t)]
+        cells += [_metric_cell(p, c, pm, bold if t.best.get(c.id) == i else None) for c in t.columns]
         cells += _cost_cells(t, p) + ([p.status if p.status != OK else ""] if _has_status(t) else [])
         body.append(cells)
     return headers, body
@@ -188,7 +236,8 @@ def _grid(t: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
 def _notes(t: Table) -> list[str]:
     notes = ["Lower is better for FID/sFID/KID/CMMD, higher for IS/precision/recall/class accuracy; bold marks the "
              "best value per column."]
-    uncalled = [why for m, why in t.not_called.items() if m in shown_metrics(t)]
+    shown = {c.id for c in t.columns}
+    uncalled = [why for c, why in t.not_called.items() if c in shown]
     if uncalled:
         notes.append("Differences within ± are not called (runner-up within the spread, no bold): " + "; ".join(uncalled) + ".")
     if _has_status(t):
@@ -246,22 +295,24 @@ def to_latex(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def csv_columns() -> list[str]:
+def csv_columns(columns: list[Column]) -> list[str]:
     cols = ["table", "model", "strategy", "scale", "classifier_scale", "x", "series"]
-    for m in METRICS:
-        cols += [m, f"{m}_std", f"{m}_best"]
+    for c in columns:
+        cols += [c.id, f"{c.id}_std", f"{c.id}_best"]
     return cols + ["nfe_per_sample", "classifier_forward_per_sample", "classifier_backward_per_sample",
                    "num_samples", "seed", "sampler", "steps", "extractor", "weights_sha256", "status", "folder"]
 
 
-def to_csv(tables: list[Table]) -> str:
+def to_csv(tables: list[Table], sweep: Sweep) -> str:
     """One long CSV over all tables (a `table` column tells which); missing numbers are empty cells.
 
     `scale` is the point's own scale (s or w), `classifier_scale` the s of a combined strategy, `x` the value the
-    plots sweep and `series` the curve it belongs to.
+    plots sweep and `series` the curve it belongs to. Metrics of the leading extractor (`extractor` column) have
+    bare names (fid, fid_std, fid_best); those of further extractors are prefixed (dinov2_fid, clip_cmmd).
     """
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
+    columns = sweep_columns(sweep)
+    w = csv.DictWriter(buf, fieldnames=csv_columns(columns), lineterminator="\n")
     w.writeheader()
     e = lambda x: "" if x is None else x
     for t in tables:
@@ -273,8 +324,8 @@ def to_csv(tables: list[Table]) -> str:
                        classifier_backward_per_sample=e(p.classifier_backward), num_samples=e(p.num_samples),
                        seed=e(p.seed), sampler=e(p.sampler), steps=e(p.steps), extractor=e(p.metrics.get("extractor")),
                        weights_sha256=e(p.metrics.get("weights_sha256")), status=p.status, folder=p.name)
-            for m in METRICS:
-                row[m], row[f"{m}_std"] = e(p.value(m)), e(p.spread(m))
-                row[f"{m}_best"] = "best" if t.best.get(m) == i else ""
+            for c in columns:
+                row[c.id], row[f"{c.id}_std"] = e(c.value(p)), e(c.spread(p))
+                row[f"{c.id}_best"] = "best" if t.best.get(c.id) == i else ""
             w.writerow(row)
     return buf.getvalue()
