@@ -202,10 +202,32 @@ def _dinov2_from_state_dict(state: dict) -> dinov2.DinoV2ViT:
     return net
 
 
-class DinoV2Extractor(FeatureExtractorBase):
+class _EmbeddingExtractor(FeatureExtractorBase):
+    """An extractor with one feature, its global embedding (named like the extractor)."""
+
+    NAME = ""
+
+    @classmethod
+    def get_provided_features_list(cls):
+        return (cls.NAME,)
+
+    @classmethod
+    def get_default_feature_layer_for_metric(cls, metric):
+        return _default_layer(cls.NAME, metric)
+
+    @staticmethod
+    def can_be_compiled():
+        return True
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+
+
+class DinoV2Extractor(_EmbeddingExtractor):
     """DINOv2 class-token embedding (FD-DINOv2, Stein et al. 2023), preprocessed as torch-fidelity's DINOv2."""
 
-    SIZE, MEAN, STD = 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    NAME, SIZE, MEAN, STD = "dinov2", 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
@@ -218,28 +240,14 @@ class DinoV2Extractor(FeatureExtractorBase):
         self.net.requires_grad_(False).eval()
         self.weights_sha256 = sha256_file(weights)
 
-    @staticmethod
-    def get_provided_features_list():
-        return ("dinov2",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return _default_layer("dinov2", metric)
-
-    @staticmethod
-    def can_be_compiled():
-        return True
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
-
     def forward(self, x):
         return (self.net(_rgb_float(x, self.SIZE, self.MEAN, self.STD)).float(),)
 
 
-class ClipExtractor(FeatureExtractorBase):
+class ClipExtractor(_EmbeddingExtractor):
     """CLIP image embedding (CMMD, Jayasumana et al. 2024): torch-fidelity's CLIP on a local or cached file."""
+
+    NAME = "clip"
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
@@ -251,22 +259,6 @@ class ClipExtractor(FeatureExtractorBase):
             raise GuidanceError(f"{weights} is not an OpenAI CLIP TorchScript file ({type(e).__name__}): set "
                                 f"metrics.clip_weights=<{Path(CLIP_URLS[CLIP_MODEL]).name}>") from None
         self.weights_sha256 = sha256_file(weights)
-
-    @staticmethod
-    def get_provided_features_list():
-        return ("clip",)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return _default_layer("clip", metric)
-
-    @staticmethod
-    def can_be_compiled():
-        return True
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
 
     def forward(self, x):
         return self.net(_to_rgb_uint8(x).contiguous())
