@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from guidance.apps.common import CONF_DIR
 from guidance.diffusion import create_diffusion
+from guidance.errors import GuidanceError
 from guidance.sampling import Eval, GuidedDenoiser, PerImageRNG
 
 GUIDANCE = sorted(p.stem for p in (Path(CONF_DIR) / "guidance").glob("*.yaml"))
@@ -21,6 +22,12 @@ class Counted(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net, self.rows, self.backward_rows = net, 0, 0
+
+    def __getattr__(self, name):  # PAG / TSG reach into the U-Net (identity_attention, time_embed)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["net"], name)
 
     def forward(self, x, *args):
         self.rows += len(x)
@@ -42,7 +49,11 @@ def nets():
     with torch.no_grad():
         for p in unet.out.parameters():  # the zero-initialised output layer would make ε = 0 everywhere
             p.normal_(0, 0.1)
-    return unet, clf
+    weak = instantiate(cfg.model, _convert_="all").eval()  # autoguidance's weak model: other random weights
+    with torch.no_grad():
+        for p in weak.out.parameters():
+            p.normal_(0, 0.1)
+    return unet, clf, weak
 
 
 def test_matrix_covers_every_config():
@@ -58,16 +69,21 @@ def test_every_guider_with_every_sampler_reports_its_counted_cost(nets, guidance
     short = "edm5" if str(cfg.sampler.respacing).startswith("edm") else "5"
     cfg.sampler.respacing = short
     if "scale" in cfg.guidance:
-        cfg.guidance.scale = 1.5
-    unet, clf = Counted(nets[0]), Counted(nets[1])
+        cfg.guidance.scale = 0.5 if guidance_name == "cfgpp" else 1.5  # CFG++'s λ lies in [0, 1]
+    unet, clf, weak = Counted(nets[0]), Counted(nets[1]), Counted(nets[2])
     guider = instantiate(cfg.guidance)
     sampler = instantiate(cfg.sampler, diffusion=create_diffusion(1000))
-    denoiser = GuidedDenoiser(guider, {"unet": unet, "classifier": clf}, null_label=K)
+    if guidance_name == "cfgpp" and sampler.name not in ("ddim", "euler"):
+        with pytest.raises(GuidanceError, match="cfgpp is stated for ddim and euler"):
+            guider.check_sampler(sampler)
+        return
+    guider.check_sampler(sampler)
+    denoiser = GuidedDenoiser(guider, {"unet": unet, "classifier": clf, "weak": weak}, null_label=K)
     rng = PerImageRNG(0, range(B))
     x = sampler.sample(denoiser, (B, 1, 28, 28), rng.labels(K), rng)
     assert x.shape == (B, 1, 28, 28) and torch.isfinite(x).all()
     cost = denoiser.cost_per_sample()
-    assert cost["nfe"] == unet.rows / B
+    assert cost["nfe"] == (unet.rows + weak.rows) / B
     assert cost["classifier_forward"] == clf.rows / B and cost["classifier_backward"] == clf.backward_rows / B
     # ... and equals what the guider asked for at every evaluation the sampler lists
     evals = sampler.evaluation_steps()

@@ -23,6 +23,7 @@ from guidance.apps.common import CONF_DIR, init_wandb, log_images, one_line_erro
 from guidance.device import resolve_device
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError, check_scale
+from guidance.io import sha256_file
 from guidance.sampling import LABEL_MODES, GuidedDenoiser
 from guidance.sampling.generate import finished_samples, generate, save_samples
 from guidance.training.checkpoint import load_snapshot
@@ -30,7 +31,7 @@ from guidance.training.checkpoint import load_snapshot
 # sample_info fields that decide whether an existing samples.npz can be reused (batch size and device do not
 # change the samples: per-image seeds).
 MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
-              "use_ema", "unet_ckpt", "unet_step", "classifier_ckpt", "classifier_step", "engine")
+              "use_ema", "unet_ckpt", "unet_step", "classifier_ckpt", "classifier_step", "weak_ckpt", "engine")
 ENGINE = 2  # samples of another engine version are never reused as new
 
 
@@ -77,6 +78,8 @@ def load_networks(cfg: DictConfig, guider, device) -> tuple[dict, dict, dict | N
         raise GuidanceError(f"{unet_path} records no diffusion_config (noise schedule); re-save it with "
                             "guidance.training.save_snapshot(..., diffusion_config=...)")
     networks, clf_meta = {"unet": unet}, None
+    if "weak" in guider.networks:
+        networks["weak"], unet_meta["weak"] = load_weak(cfg, unet_meta, device)
     if "classifier" in guider.networks:
         if not cfg.classifier_ckpt:
             raise GuidanceError(f"guidance={guider.name} needs a noise-aware classifier; pass classifier_ckpt=PATH")
@@ -84,6 +87,24 @@ def load_networks(cfg: DictConfig, guider, device) -> tuple[dict, dict, dict | N
                                                          map_location=device, use_ema=bool(cfg.use_ema))
         check_compatible(unet_meta, clf_meta)
     return networks, unet_meta, clf_meta
+
+
+def load_weak(cfg: DictConfig, unet_meta: dict, device):
+    """Autoguidance's weak U-Net: same data, classes and noise schedule as the main one."""
+    if not cfg.get("weak_ckpt"):
+        raise GuidanceError("guidance=autoguidance needs the weak model: pass weak_ckpt=PATH (train one with "
+                            "guidance-train experiment=weak_unet)")
+    path = to_absolute_path(cfg.weak_ckpt)
+    weak, meta = load_snapshot(path, role="unet", map_location=device, use_ema=bool(cfg.use_ema))
+    for key in ("image_size", "in_channels", "num_classes"):
+        if meta["model_config"].get(key) != unet_meta["model_config"].get(key):
+            raise GuidanceError(f"weak U-Net {path} has {key}={meta['model_config'].get(key)} but the U-Net has "
+                                f"{unet_meta['model_config'].get(key)}: train the weak model on the same data")
+    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "timestep_respacing"}
+    if strip(meta.get("diffusion_config")) != strip(unet_meta.get("diffusion_config")):
+        raise GuidanceError(f"weak U-Net {path} was trained with another noise schedule than the U-Net: "
+                            "train it with the same diffusion=...")
+    return weak, {"path": meta["path"], "step": meta["step"], "sha256": sha256_file(path)}
 
 
 def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
@@ -97,6 +118,7 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     base = create_diffusion(**{k: v for k, v in unet_meta["diffusion_config"].items()
                                if k not in ("_target_", "timestep_respacing")})
     sampler = build(cfg.sampler, diffusion=base)
+    guider.check_sampler(sampler)
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching)
     info = {**guider.info(), **sampler.info(), "guider": to_container(cfg.guidance),
             "sampler_config": to_container(cfg.sampler), "num_samples": int(cfg.num_samples), "seed": int(cfg.seed),
@@ -104,7 +126,8 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
             "unet_ckpt": unet_meta["path"], "unet_step": unet_meta["step"], "engine": ENGINE,
             "dataset": (unet_meta.get("data_config") or {}).get("name"),
             "classifier_ckpt": clf_meta["path"] if clf_meta else None,
-            "classifier_step": clf_meta["step"] if clf_meta else None}
+            "classifier_step": clf_meta["step"] if clf_meta else None,
+            "weak_ckpt": unet_meta.get("weak")}
     if finished_samples(out_dir, info, MATCH_KEYS):
         print(f"{out_dir / 'samples.npz'} already holds these samples; skipping")
         return out_dir / "samples.npz"

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 from guidance.errors import GuidanceError
 from guidance.guiders.apg import AdaptiveProjectedGuidance
+from guidance.guiders.autoguidance import Autoguidance
 from guidance.guiders.base import Description, Guider, TableSpec, check_scale
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.guiders.cfg_classifier import CFGClassifierGuidance
 from guidance.guiders.cfg_interval import CFGIntervalGuidance
+from guidance.guiders.cfg_rescale import RescaledCFG
+from guidance.guiders.cfg_zero import CFGZeroStar
+from guidance.guiders.cfgpp import CFGPlusPlus
 from guidance.guiders.classifier import ClassifierGuidance
+from guidance.guiders.icg import IndependentConditionGuidance
 from guidance.guiders.none import NoGuidance
+from guidance.guiders.pag import PerturbedAttentionGuidance
+from guidance.guiders.scheduled import ScheduledCFG, ScheduledClassifier
+from guidance.guiders.thresholding import DynamicThresholding
+from guidance.guiders.tsg import TimeStepGuidance
 from guidance.guiders.scales import cfg_w_to_classifier_scale, cfg_w_to_guidance_scale, guidance_scale_to_cfg_w
 
 GUIDERS: dict[str, type[Guider]] = {
     cls.name: cls for cls in (NoGuidance, ClassifierGuidance, ClassifierFreeGuidance, CFGClassifierGuidance,
-                              CFGIntervalGuidance, AdaptiveProjectedGuidance)
+                              CFGIntervalGuidance, AdaptiveProjectedGuidance, ScheduledCFG, ScheduledClassifier,
+                              RescaledCFG, DynamicThresholding, CFGPlusPlus, Autoguidance,
+                              IndependentConditionGuidance, TimeStepGuidance, CFGZeroStar, PerturbedAttentionGuidance)
 }
 
 
@@ -42,6 +53,9 @@ def describe_point(info: dict) -> Description | None:
 
 __all__ = [
     "GUIDERS", "Guider", "Description", "TableSpec", "NoGuidance", "ClassifierGuidance", "ClassifierFreeGuidance",
-    "CFGClassifierGuidance", "CFGIntervalGuidance", "AdaptiveProjectedGuidance", "build_guider", "guider_class", "describe_point", "check_scale",
+    "CFGClassifierGuidance", "CFGIntervalGuidance", "AdaptiveProjectedGuidance", "ScheduledCFG", "ScheduledClassifier",
+    "RescaledCFG", "DynamicThresholding", "CFGPlusPlus", "Autoguidance", "IndependentConditionGuidance",
+    "TimeStepGuidance", "CFGZeroStar", "PerturbedAttentionGuidance", "build_guider", "guider_class",
+    "describe_point", "check_scale",
     "cfg_w_to_guidance_scale", "guidance_scale_to_cfg_w", "cfg_w_to_classifier_scale",
 ]

@@ -38,7 +38,7 @@ class AdaptiveProjectedGuidance(Guider):
             raise GuidanceError("guidance.norm_threshold must be > 0, or null for no threshold")
         self.running = None
 
-    def reset(self, batch_size):
+    def reset(self, batch_size, rng=None):
         self.running = None  # momentum belongs to one chain
 
     def requests(self, step):

@@ -70,8 +70,16 @@ class Guider:
         """Labels of the base prediction: the target class, or the null label for the unconditional model."""
         return "target" if self.conditional else "null"
 
-    def reset(self, batch_size: int) -> None:
-        """Start of a chain. Stateless strategies have nothing to drop."""
+    def reset(self, batch_size: int, rng=None) -> None:
+        """Start of a chain (`rng`: its per-image random streams). Stateless strategies have nothing to drop."""
+
+    def finish(self, pred: Prediction, x, step: Step, clip: bool) -> Prediction:
+        """The combined prediction as the sampler gets it: x̂0 clipped to [-1, 1] when the sampler asks
+        (ADM's clip_denoised); dynamic thresholding overrides this."""
+        return pred.clipped(x, step) if clip else pred
+
+    def check_sampler(self, sampler) -> None:
+        """Refuse (GuidanceError) a sampler this strategy has no stated form for; every sampler by default."""
 
     def requests(self, step: Step) -> list:
         raise NotImplementedError

@@ -105,7 +105,12 @@ def multi_head_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    """Residual multi-head self-attention over all H*W positions; zero-init output projection."""
+    """Residual multi-head self-attention over all H*W positions; zero-init output projection.
+
+    `identity_attention = True` replaces the attention map by the identity (each position attends only to itself,
+    so the attention output is V): the perturbed pass of PAG (Ahn et al. 2024), set by UNet.identity_attention."""
+
+    identity_attention = False
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
         super().__init__()
@@ -116,9 +121,9 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        flat = x.reshape(b, c, h * w)
-        out = self.proj_out(multi_head_attention(self.qkv(self.norm(flat)), self.heads))
-        return x + out.reshape(b, c, h, w)
+        qkv = self.qkv(self.norm(x.reshape(b, c, h * w)))
+        attended = qkv[:, 2 * c:] if self.identity_attention else multi_head_attention(qkv, self.heads)
+        return x + self.proj_out(attended).reshape(b, c, h, w)
 
 
 class AttentionPool2d(nn.Module):

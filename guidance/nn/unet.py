@@ -6,6 +6,7 @@ conditional model, the unconditional model (y = null) and, combined, classifier-
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -182,6 +183,27 @@ class UNet(nn.Module):
             # Zero init: the untrained U-Net predicts exactly 0 (Improved DDPM / ADM).
             zero_module(nn.Conv2d(ch, out_channels * (2 if learn_sigma else 1), 3, padding=1)),
         )
+
+    def attention_blocks(self) -> dict[str, AttentionBlock]:
+        """Self-attention blocks by place: "input.<i>", "middle", "output.<i>" (i: index in that block list)."""
+        places = [(f"input.{i}", b) for i, b in enumerate(self.input_blocks)] + [("middle", self.middle_block)]
+        places += [(f"output.{i}", b) for i, b in enumerate(self.output_blocks)]
+        return {name: m for name, block in places for m in block if isinstance(m, AttentionBlock)}
+
+    @contextmanager
+    def identity_attention(self, names: Sequence[str]):
+        """Within the block, the named attention blocks use an identity attention map (PAG's perturbed pass)."""
+        blocks = self.attention_blocks()
+        unknown = [n for n in names if n not in blocks]
+        if unknown:
+            raise GuidanceError(f"no self-attention block {unknown} in this U-Net; it has {list(blocks)}")
+        try:
+            for n in names:
+                blocks[n].identity_attention = True
+            yield self
+        finally:
+            for n in names:
+                blocks[n].identity_attention = False
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         check_input(x, self.in_channels, self.image_size, "UNet")

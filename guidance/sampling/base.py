@@ -76,7 +76,7 @@ class Sampler:
     def sample(self, denoiser, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
         """shape = [B, C, H, W]; y = target labels [B]; rng = PerImageRNG (or anything with randn(shape))."""
         x = check_inputs(shape, y, rng)
-        denoiser.reset(len(y))
+        denoiser.reset(len(y), rng)
         return self.run(denoiser, x, y, rng, progress)
 
 

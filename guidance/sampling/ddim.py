@@ -33,7 +33,8 @@ class DDIMSampler(Sampler):
         j = self.steps - 1 - i
         ab, ab_prev = float(self.diffusion.alphas_cumprod[j]), float(self.diffusion.alphas_cumprod_prev[j])
         sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
-        x_prev = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * pred.eps  # float safety
+        # noise_eps is ε itself except for CFG++, which re-noises with the unconditional ε (Chung et al. 2024).
+        x_prev = math.sqrt(ab_prev) * pred.x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * pred.noise_eps
         if i == self.steps - 1 or sigma == 0:
             return x_prev
         return x_prev + sigma * rng.randn(x.shape[1:]).to(x.dtype)

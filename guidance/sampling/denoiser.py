@@ -21,16 +21,20 @@ import torch.nn.functional as F
 from guidance.errors import GuidanceError
 from guidance.sampling.prediction import Prediction, Step
 
-Labels = Union[str, Callable[[torch.Tensor], torch.Tensor]]  # "target", "null", or y -> labels
+Labels = Union[str, Callable[[torch.Tensor], torch.Tensor]]  # "target", "null", "random", or y -> labels
+STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
 
 
 @dataclass(frozen=True)
 class Eval:
-    """Request: a denoising network's prediction at the batch's x, at `labels`."""
+    """Request: a denoising network's prediction at the batch's x, at `labels`. `perturb`: a hashable object whose
+    `applied(network, denoiser)` is a context manager changing the network for this pass only (PAG's identity attention,
+    TSG's perturbed time embedding), given (network, denoiser); perturbed rows never share a forward with others."""
 
     name: str
     labels: Labels = "target"
     network: str = "unet"
+    perturb: object | None = None
 
 
 @dataclass(frozen=True)
@@ -59,33 +63,48 @@ class GuidedDenoiser:
         self.batching = batching
         self.counts: Counter = Counter()  # rows through each network, classifier forward/backward rows
         self.images = 0                   # chains started, to report cost per sample
+        self.draws = None                 # the chain's strategy stream (reset)
 
-    def reset(self, batch_size: int) -> None:
-        """Start of a chain (a batch of images): the guider drops its per-chain state."""
+    def reset(self, batch_size: int, rng=None) -> None:
+        """Start of a chain (a batch of images): the guider drops its per-chain state; `rng` (the chain's
+        PerImageRNG) lets strategies that draw (ICG's random labels) keep per-image streams."""
         self.images += int(batch_size)
-        self.guider.reset(int(batch_size))
+        self.draws = rng.stream(STRATEGY_STREAM) if rng is not None and hasattr(rng, "stream") else None
+        self.guider.reset(int(batch_size), rng)
 
     def labels(self, labels: Labels, y: torch.Tensor) -> torch.Tensor:
         if labels == "target":
             return y
         if labels == "null":
             return torch.full_like(y, self.null_label)
+        if labels == "random":  # a uniformly random real class per image, from its own stream (ICG)
+            return self.require_draws("random labels").randint(self.null_label).to(y.device)
         return labels(y)
+
+    def require_draws(self, what: str):
+        if self.draws is None:
+            raise GuidanceError(f"{what} need the chain's per-image random streams: start chains with "
+                                "denoiser.reset(batch_size, rng) (samplers do)")
+        return self.draws
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: Step, clip: bool = False) -> Prediction:
         requests = self.guider.requests(step)
         preds: dict = {}
-        by_network: dict[str, list[Eval]] = {}
+        by_pass: dict[tuple, list[Eval]] = {}
         for r in requests:
             if isinstance(r, Eval):
-                by_network.setdefault(r.network, []).append(r)
+                by_pass.setdefault((r.network, r.perturb), []).append(r)
             else:
                 preds[r.name] = self.classifier_grad(r, x, y, step)
-        for name, evals in by_network.items():
-            preds.update(self.evaluate(name, evals, x, y, step))
+        for (name, perturb), evals in by_pass.items():
+            if perturb is None:
+                preds.update(self.evaluate(name, evals, x, y, step))
+            else:
+                with perturb.applied(self.networks[name], self):
+                    preds.update(self.evaluate(name, evals, x, y, step))
         pred = self.guider.combine(preds, x, step)
-        return pred.clipped(x, step) if clip else pred
+        return self.guider.finish(pred, x, step, clip)
 
     def evaluate(self, network: str, evals: list[Eval], x, y, step: Step) -> dict[str, Prediction]:
         """One forward of `network` over every requested label set, split back into named predictions."""

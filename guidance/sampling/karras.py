@@ -63,10 +63,13 @@ class EulerSampler(Sampler):
                 out.append(self.second(i))
         return out
 
-    def eps(self, denoiser, x_scaled, y, step: Step) -> torch.Tensor:
-        """dx̃/dσ at (x̃, σ): the guided ε of the VP input x̃ / sqrt(1 + σ²)."""
+    def predict(self, denoiser, x_scaled, y, step: Step):
+        """The guided prediction for the VP input x̃ / sqrt(1 + σ²); its ε is dx̃/dσ at (x̃, σ)."""
         x = x_scaled / math.sqrt(1.0 + step.sigma**2)
-        return denoiser(x, y, step, clip=self.clip_denoised).eps_form(x, step).eps
+        return denoiser(x, y, step, clip=self.clip_denoised).eps_form(x, step)
+
+    def eps(self, denoiser, x_scaled, y, step: Step) -> torch.Tensor:
+        return self.predict(denoiser, x_scaled, y, step).eps
 
     def run(self, denoiser, x, y, rng, progress):
         x = x * math.sqrt(1.0 + self.step_at(0).sigma ** 2)  # VP prior N(0, I) in the scaled variable
@@ -75,8 +78,11 @@ class EulerSampler(Sampler):
             if hat.sigma > sigma:  # churn: raise the noise level to σ̂ (EDM Alg. 2, lines 5-6)
                 x = x + math.sqrt(hat.sigma**2 - sigma**2) * self.s_noise * rng.randn(x.shape[1:]).to(x.dtype)
             sigma_next = self.next_sigma(i)
-            d = self.eps(denoiser, x, y, hat)
+            pred = self.predict(denoiser, x, y, hat)
+            d = pred.eps
             x_next = x + (sigma_next - hat.sigma) * d
+            if pred.renoise_eps is not None:  # CFG++'s Euler (Chung et al. 2024): x̂0^λ + σ_{i+1} ε_u
+                x_next = pred.x0 + sigma_next * pred.renoise_eps
             if self.second_order and sigma_next > 0:  # Heun's correction (EDM Alg. 1, lines 9-11)
                 d_next = self.eps(denoiser, x_next, y, self.second(i))
                 x_next = x + (sigma_next - hat.sigma) * 0.5 * (d + d_next)

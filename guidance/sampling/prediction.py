@@ -49,12 +49,19 @@ class Prediction:
     var_v: the learned-range variance output v in [-1, 1] (Improved DDPM eq. 15), None for fixed variances.
     grad:  s ∇_{x_t} log p_φ(y | x_t), already scaled, for classifier-based strategies: an ancestral sampler
            adds Σ·grad to its mean (ADM Alg. 1), every other sampler calls `eps_form` (ADM Alg. 2).
+    renoise_eps: the ε a deterministic step re-noises x̂0 with, when it is not `eps` (CFG++: the unconditional
+           ε, Chung et al. 2024); None for every other strategy. Only samplers that state this form accept it.
     """
 
     eps: torch.Tensor
     x0: torch.Tensor
     var_v: torch.Tensor | None = None
     grad: torch.Tensor | None = None
+    renoise_eps: torch.Tensor | None = None
+
+    @property
+    def noise_eps(self) -> torch.Tensor:
+        return self.eps if self.renoise_eps is None else self.renoise_eps
 
     @staticmethod
     def from_eps(x: torch.Tensor, step: Step, eps: torch.Tensor, var_v=None, grad=None) -> "Prediction":
@@ -70,9 +77,13 @@ class Prediction:
         eps = (math.sqrt(1.0 / ab) * x - x0) / math.sqrt(1.0 / ab - 1.0)
         return Prediction(eps, x0, var_v, grad)
 
+    def with_x0(self, x: torch.Tensor, step: Step, x0: torch.Tensor) -> "Prediction":
+        """A new x̂0 (ε re-derived from it), everything else kept."""
+        return replace(self, x0=x0, eps=Prediction.from_x0(x, step, x0).eps)
+
     def clipped(self, x: torch.Tensor, step: Step) -> "Prediction":
         """x̂0 clipped to the data range [-1, 1] and ε re-derived from it (ADM's clip_denoised)."""
-        return Prediction.from_x0(x, step, self.x0.clamp(-1.0, 1.0), self.var_v, self.grad)
+        return self.with_x0(x, step, self.x0.clamp(-1.0, 1.0))
 
     def with_grad(self, grad: torch.Tensor | None) -> "Prediction":
         return replace(self, grad=grad)

@@ -32,20 +32,29 @@ def image_seed(seed: int, index: int, stream: int = 0) -> int:
 class PerImageRNG:
     """One generator per image: `randn(shape)` -> [B, *shape], `labels(num_classes, mode)` -> [B] int64."""
 
-    def __init__(self, seed: int, indices: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu"):
+    def __init__(self, seed: int, indices: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu",
+                 stream: int = 0):
         self.seed = int(seed)
         self.indices = [int(i) for i in indices]
         if any(i < 0 for i in self.indices):
             raise GuidanceError("PerImageRNG indices must be non-negative sample numbers")
         self.device = torch.device(device)
         # Generators live on the CPU: CPU draws are identical on every machine; the result is then moved.
-        self.generators = [torch.Generator().manual_seed(image_seed(self.seed, i)) for i in self.indices]
+        self.generators = [torch.Generator().manual_seed(image_seed(self.seed, i, stream)) for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def stream(self, k: int) -> "PerImageRNG":
+        """The same images' stream k (0: noise, 1: labels, 2+: strategies' own draws, e.g. ICG's labels)."""
+        return PerImageRNG(self.seed, self.indices, self.device, stream=k)
+
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         return torch.stack([torch.randn(tuple(shape), generator=g) for g in self.generators]).to(self.device)
+
+    def randint(self, high: int) -> torch.Tensor:
+        """One integer in [0, high) per image, from its stream."""
+        return torch.cat([torch.randint(high, (1,), generator=g) for g in self.generators]).to(self.device)
 
     def labels(self, num_classes: int, mode: str = "uniform") -> torch.Tensor:
         """Uniform over classes from each image's own label stream, or `balanced`: i % num_classes."""
@@ -73,8 +82,14 @@ class BatchRNG:
     def __len__(self) -> int:
         return self.batch_size
 
+    def stream(self, k: int) -> "BatchRNG":
+        return BatchRNG(mixed_seed(self.generator.initial_seed(), k), self.batch_size, self.device)
+
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
         return torch.randn((self.batch_size, *shape), generator=self.generator).to(self.device)
+
+    def randint(self, high: int) -> torch.Tensor:
+        return torch.randint(high, (self.batch_size,), generator=self.generator).to(self.device)
 
     def labels(self, num_classes: int, mode: str = "uniform") -> torch.Tensor:
         if mode == "balanced":
