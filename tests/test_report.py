@@ -136,7 +136,7 @@ def test_unreadable_file_is_a_row(sweep):
 
 
 def test_csv_rows_order_best_and_missing(report):
-    rows = _read_csv(report["csv"])
+    rows = [r for r in _read_csv(report["csv"]) if r["table"] != "matched_cost"]
     assert len(rows) == len(CLF) + len(CFG) + 1
     clf = [r for r in rows if r["table"] == "classifier"]
     cfg = [r for r in rows if r["table"] == "cfg"]
@@ -206,7 +206,10 @@ def test_classifier_table_sfid_best(sweep):
 
 def test_latex_booktabs(report):
     tex = report["tex"].read_text()
-    assert tex.count("\\begin{table}") == 2 and tex.count("\\toprule") == 2 and tex.count("\\bottomrule") == 2
+    assert tex.count("\\begin{table}") == 3 and tex.count("\\toprule") == 3 and tex.count("\\bottomrule") == 3
+    assert "\\label{tab:tradeoff-matched-cost}" in tex
+    tex = tex.split("\\begin{table}")[:3]  # the paper tables (the matched-cost table is tested on its own)
+    tex = "\\begin{table}".join(tex)
     assert "\\textbf{5.00 $\\pm$ 0.50}" in tex and "96.00 $\\pm$ 2.00 &" in tex
     assert "\\textbf{96.00" not in tex and "\\textbf{100.00" not in tex
     assert "missing metrics" in tex and " -- " in tex and "–" not in tex
@@ -243,6 +246,19 @@ def test_cfg_classifier_table_and_all_failed(tmp_path):
                 (d / f).unlink()
     paths = build_report(root, tmp_path / "out2", progress=False)
     assert len(_read_csv(paths["csv"])) == 4 and all(paths[k].is_file() for k in ("fid_vs_scale", "grids"))
+
+
+def test_matched_cost_table_lists_every_curve_at_its_best_fid(sweep):
+    """One row per curve (strategy with its settings; unguided baselines too) at its lowest FID, sorted by FID,
+    with the NFE and classifier passes counted while sampling."""
+    (t,) = [t for t in build_tables(collect_sweep(sweep, progress=False)) if t.kind == "matched_cost"]
+    got = [(p.desc.series, p.x, p.value("fid")) for p in t.rows]
+    assert got == [("classifier (conditional)", 1.0, 5.0), ("cfg", 0.5, 8.0), ("none (conditional)", 0.0, 10.0),
+                   ("classifier (unconditional)", 1.0, 20.0), ("none (unconditional)", 0.0, 30.0)]
+    md = _md_table(to_markdown([t]), "matched cost")
+    assert md[0][:3] == ["Strategy", "Scale", "FID ↓"] and "NFE/sample" in md[0]
+    assert md[2][:3] == ["classifier (conditional)", "s = 1", "**5.00 ± 0.50**"] and md[4][1] == "–"
+    assert md[2][md[0].index("NFE/sample")] == str(STEPS)
 
 
 def test_pick_best_spread_rule():
@@ -380,9 +396,10 @@ def test_wandb_summary_logged_in_sweep_group(sweep, tmp_path, monkeypatch):
     build_report(sweep, tmp_path / "out", logger_cfg={"mode": "offline"}, progress=False)
     assert calls == [dict(job_type="tradeoff", group="demo", mode="offline"), "finish"]
     table = logged["tradeoff/table"]
-    assert len(table.data) == len(CLF) + len(CFG) + 1 and "fid_best" in table.columns
+    assert len(table.data) == len(CLF) + len(CFG) + 1 + 5 and "fid_best" in table.columns  # + matched cost
     fid = table.columns.index("fid")
-    assert sorted(r[fid] for r in table.data if r[fid] is not None)[:2] == [5.0, 8.0]  # numbers, not strings
+    paper_rows = [r for r in table.data if r[0] != "matched_cost"]
+    assert sorted(r[fid] for r in paper_rows if r[fid] is not None)[:2] == [5.0, 8.0]  # numbers, not strings
     for key in ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids"):
         assert type(logged[f"tradeoff/plots/{key}"]).__name__ == "Image"
     for metric in ("fid", "is", "precision", "recall"):
@@ -427,7 +444,7 @@ def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
         _write_point(root / f"cfg_interval-{w:g}", [], info, {"fid": fid}, CFG_COLOUR)
     sweep = collect_sweep(root, progress=False)
     tables = {t.kind: t for t in build_tables(sweep)}
-    assert set(tables) == {"cfg", "cfg_interval"}
+    assert set(tables) == {"cfg", "cfg_interval", "matched_cost"}
     rows = [(p.strategy, p.x, p.value("fid"), p.nfe) for p in tables["cfg_interval"].rows]
     assert rows == [("none", 0.0, 10.0, 25.0), ("cfg_interval", 1.0, 7.0, 40.0), ("cfg_interval", 2.0, 6.0, 40.0)]
     assert [p.strategy for p in tables["cfg"].rows] == ["none", "cfg"]

@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from guidance.io import atomic_write_bytes  # noqa: E402
 from guidance.report.collect import MODEL_ORDER, Point, Sweep, is_finite  # noqa: E402
 
-PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids", "accuracy_recall")
+PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids", "accuracy_recall", "fid_vs_nfe")
 
 
 def series_key(p: Point, by_sampler: bool = False) -> str:
@@ -166,6 +166,35 @@ def plot_is_vs_fid(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
+    """FID against the network evaluations each sample cost (counted while sampling), one marker set per curve,
+    and the frontier of points no other point beats on both (the strategies worth their cost)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    everything = []
+    for key, pts in group_series(sweep.points).items():
+        pts = [p for p in _with(pts, "fid") if is_finite(p.nfe)]
+        if not pts:
+            continue
+        style = dict(marker="*", ms=12) if pts[0].baseline else dict(marker="o", alpha=0.8)
+        ax.errorbar([p.nfe for p in pts], [p.value("fid") for p in pts], yerr=[p.spread("fid") or 0 for p in pts],
+                    ls="none", capsize=2, label=key, **style)
+        everything += [(p.nfe, p.value("fid")) for p in pts]
+    if everything:
+        front, best = [], np.inf
+        for nfe, fid in sorted(everything):
+            if fid < best:
+                front.append((nfe, fid))
+                best = fid
+        ax.plot(*zip(*front), color="black", lw=2, alpha=0.3, drawstyle="steps-post", label="frontier")
+        ax.legend(fontsize=7)
+    else:
+        _empty(ax, "no points with FID and a counted cost")
+    ax.set_xlabel("network evaluations per sample (counted)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(f"FID vs cost — {sweep.name}")
+    return _save(fig, path)
+
+
 def plot_grids(sweep: Sweep, path: Path) -> Path:
     """Rows = series, columns = scale; each cell the point's grid.png (same per-image seeds across a row)."""
     series = group_series([p for p in sweep.points if p.grid is not None])
@@ -213,4 +242,5 @@ def make_plots(sweep: Sweep, out_dir: str | Path) -> dict[str, Path]:
         "is_vs_fid": plot_is_vs_fid(sweep, out_dir / "is_vs_fid.png"),
         "grids": plot_grids(sweep, out_dir / "grids.png"),
         "accuracy_recall": plot_accuracy_recall(sweep, out_dir / "accuracy_recall.png"),
+        "fid_vs_nfe": plot_fid_vs_nfe(sweep, out_dir / "fid_vs_nfe.png"),
     }

@@ -74,6 +74,8 @@ def _table_columns(sweep: Sweep, rows: list[Point]) -> list[Column]:
     return sorted(out, key=lambda c: (not c.leading, order.get(c.metric, 99) if c.leading else 0))
 UNKNOWN = TableSpec("unknown", "Points of unknown strategy", ("Model", "Guidance", "Scale"), order=99,
                     classifier_cost=True)
+MATCHED = TableSpec("matched_cost", "Strategies at matched cost: each curve at its best-FID scale",
+                    ("Strategy", "Scale"), order=100, classifier_cost=True)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Table:
     rows: list[Point]
     caption: str = ""
     columns: list[Column] = field(default_factory=list)      # md/tex metric columns
+    key_cells: object = None                                 # Point -> key cells, for tables across strategies
     best: dict[str, int] = field(default_factory=dict)       # column id -> row index of the called best
     not_called: dict[str, str] = field(default_factory=dict)  # column id -> why no best was marked
 
@@ -153,8 +156,11 @@ def build_tables(sweep: Sweep) -> list[Table]:
         if not tables:
             tables.append(Table(UNKNOWN, []))
         tables[0].rows.extend(unknown)
+    matched = matched_cost_table(sweep)
+    if matched is not None:
+        tables.append(matched)
     for t in tables:
-        t.caption = _caption(sweep, t.rows)
+        t.caption = _caption(sweep, t.rows) + (MATCHED_NOTE if t.spec is MATCHED else "")
         t.columns = _table_columns(sweep, t.rows)
         for col in sweep_columns(sweep):
             idx, why = pick_best(t.rows, col)
@@ -163,6 +169,31 @@ def build_tables(sweep: Sweep) -> list[Table]:
             elif why:
                 t.not_called[col.id] = why
     return tables
+
+
+MATCHED_NOTE = (" Each row is one curve of the sweep (a strategy with its fixed settings) at the scale of its lowest"
+                " FID, with the cost it paid per sample as counted while sampling: compare rows of equal NFE.")
+
+
+def _series_cells(p: Point) -> list[str]:
+    x = p.x
+    scale = "–" if p.baseline or x is None else f"{p.desc.x_symbol} = {x:g}"
+    return [p.desc.series if p.desc else p.strategy or "?", scale]
+
+
+def matched_cost_table(sweep: Sweep) -> Table | None:
+    """Best-FID point of every curve (unguided baselines included), by FID; None unless >= 2 strategies ran."""
+    best: dict[str, Point] = {}
+    for p in sweep.points:
+        if p.status != OK or p.desc is None or not is_finite(p.value("fid")):
+            continue
+        key = p.desc.series
+        if key not in best or p.value("fid") < best[key].value("fid"):
+            best[key] = p
+    if len({p.strategy for p in best.values() if not p.baseline}) < 2:
+        return None
+    rows = sorted(best.values(), key=lambda p: p.value("fid"))
+    return Table(MATCHED, rows, key_cells=_series_cells)
 
 
 # ---- cells shared by md and tex ----
@@ -181,6 +212,8 @@ def _scale_cells(t: Table, p: Point) -> list[str]:
 
 
 def _strategy_cells(t: Table, p: Point) -> list[str]:
+    if t.key_cells is not None:
+        return t.key_cells(p)
     n = len(t.spec.key_headers)
     if p.baseline:
         return [c.format(model=p.model) for c in t.spec.baseline_cells][:n] + [DASH] * (n - len(t.spec.baseline_cells))
