@@ -119,21 +119,34 @@ def ensure_evaluator(cfg: DictConfig) -> Path:
     return Path(train_evaluator(ev_cfg)["path"])
 
 
+def _guidance_node(name: str) -> DictConfig:
+    try:
+        return compose(config_name="sample", overrides=[f"guidance={name}"]).guidance
+    except HydraException as e:
+        raise GuidanceError(f"study.sweep: unknown guidance '{name}' (strategies: {', '.join(sorted(GUIDERS))})") from e
+
+
 def sweep_points(cfg: DictConfig) -> list[dict]:
-    """Expand study.sweep ({guidance, conditional, scales}) into one dict per point, named for its folder."""
+    """Expand study.sweep ({guidance, conditional, scales, settings, tag}) into one dict per point, named for its
+    folder. `settings` sets other fields of the strategy (e.g. {schedule: cosine}); `tag` tells such curves apart."""
     points = []
     for entry in cfg.study.sweep:
-        try:
-            takes_scale = "scale" in compose(config_name="sample", overrides=[f"guidance={entry.guidance}"]).guidance
-        except HydraException as e:
-            raise GuidanceError(f"study.sweep: unknown guidance '{entry.guidance}' "
-                                f"(strategies: {', '.join(sorted(GUIDERS))})") from e
+        node = _guidance_node(entry.guidance)
+        takes_scale = "scale" in node or "scale" in node.get("inner", {})
+        settings = OmegaConf.to_container(entry.get("settings") or {}, resolve=True)
+        unknown = [k for k in settings if k.split(".")[0] not in node]
+        if unknown:
+            raise GuidanceError(f"study.sweep: guidance={entry.guidance} has no field(s) {unknown}; it has "
+                                f"{sorted(k for k in node if k != '_target_')}")
+        tag = f"-{entry.tag}" if entry.get("tag") else ""
         for scale in entry.scales:
             if not takes_scale and float(scale) != 0:  # `none` has no scale: its points are the scale-0 baselines
                 raise GuidanceError(f"study.sweep: guidance={entry.guidance} takes no scale; list it with scales: [0]")
             model = "cond" if entry.get("conditional", True) else "uncond"
             points.append({"guidance": entry.guidance, "conditional": bool(entry.get("conditional", True)),
-                           "scale": float(scale), "name": f"{entry.guidance}-{model}-s{float(scale):g}"})
+                           "scale": float(scale), "settings": settings,
+                           "needs_weak": "autoguidance" in entry.guidance,
+                           "name": f"{entry.guidance}{tag}-{model}-s{float(scale):g}"})
     names = [p["name"] for p in points]
     if len(set(names)) != len(names):
         raise GuidanceError(f"study.sweep lists a point twice: {sorted(n for n in names if names.count(n) > 1)}")
@@ -156,11 +169,30 @@ def sample_config(cfg: DictConfig, point: dict, models: dict[str, Path], sweep_n
         scfg.num_samples, scfg.batch_size, scfg.seed, scfg.labels = s.num_samples, s.batch_size, s.seed, s.labels
         scfg.device, scfg.sweep_name = cfg.device, sweep_name
         scfg.sampler.respacing = s.respacing
+        scfg.weak_ckpt = str(models["weak"]) if models.get("weak") else None
         if "scale" in scfg.guidance:
             scfg.guidance.scale = point["scale"]
+        elif "inner" in scfg.guidance:  # a wrapper (dynamic thresholding): the wrapped strategy's scale
+            scfg.guidance.inner.scale = point["scale"]
         if "conditional" in scfg.guidance:
             scfg.guidance.conditional = point["conditional"]
+        for key, value in point.get("settings", {}).items():
+            OmegaConf.update(scfg.guidance, key, value, merge=True)
     return scfg
+
+
+def ensure_weak(cfg: DictConfig, points: list[dict]) -> Path | None:
+    """Autoguidance's weak U-Net: study.weak_ckpt, else the shipped unet_weak.pt; only when a point needs it."""
+    if not any(p["needs_weak"] for p in points):
+        return None
+    given = cfg.study.get("weak_ckpt")
+    path = Path(hydra.utils.to_absolute_path(given)) if given else _pretrained(cfg, "unet_weak.pt")
+    if path is None or not path.is_file():
+        raise GuidanceError(f"study.sweep has autoguidance but no weak U-Net ({given or 'no unet_weak.pt in '
+                            f'pretrained_dir'}): train one with guidance-train experiment=weak_unet and set "
+                            "study.weak_ckpt=PATH")
+    tqdm.write(f"[models] autoguidance's weak U-Net: {path}")
+    return path
 
 
 def metrics_config(cfg: DictConfig, evaluator: Path) -> DictConfig:
@@ -197,7 +229,8 @@ def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[s
                 reused += 1
                 continue
             tqdm.write(f"[sweep] {p['name']}: FID {metrics['fid']:.2f}  precision {metrics['precision']:.3f}  "
-                       f"recall {metrics['recall']:.3f}  ({time.time() - t0:.0f}s)")
+                       f"recall {metrics['recall']:.3f}  class acc {metrics.get('class_acc', float('nan')):.3f}  "
+                       f"({time.time() - t0:.0f}s)")
     tqdm.write(f"[sweep] {reused} of {len(points)} points were already evaluated with these settings")
     return sweep_dir
 
@@ -214,6 +247,7 @@ def main(cfg: DictConfig) -> None:
     points = sweep_points(cfg)  # a bad sweep spec fails before any training
     check_reference_data(cfg)   # and a missing dataset before any sampling
     models = ensure_models(cfg, out_dir)
+    models["weak"] = ensure_weak(cfg, points)
     evaluator = ensure_evaluator(cfg)
     sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator)
     paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger, name=sweep_name_of(cfg))
