@@ -78,3 +78,28 @@ def test_shipped_snapshots_are_not_reused_for_another_architecture(fake_fashion_
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "model_channels: 32 -> 64" in last and "pretrained_dir=null" in last
+
+
+def test_strategy_comparison_sweep_runs_end_to_end(fake_fashion_mnist, tmp_path):
+    """experiment=strategy_compare on the debug model: every strategy of the preset samples and is evaluated,
+    and the report holds the matched-cost table with one row per curve and the FID-vs-NFE plot."""
+    import yaml
+
+    from guidance.apps.common import CONF_DIR
+    from guidance.guiders import GUIDERS
+
+    preset = yaml.safe_load(open(f"{CONF_DIR}/experiment/strategy_compare.yaml"))["study"]["sweep"]
+    assert {e["guidance"] for e in preset} == set(GUIDERS) - {"cfg_classifier"}  # every strategy of issue 10
+    weak = tmp_path / "study" / "train" / "unet.pt"  # the study's own U-Net stands in for the weak one
+    res = _run_main(tmp_path, fake_fashion_mnist.root, "experiment=strategy_compare", "study.num_samples=10",
+                    "study.batch_size=10", "study.respacing=ddim2", f"study.weak_ckpt={weak}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "study" / "report" / "tradeoff.csv").open()))
+    points = [r for r in rows if r["table"] != "matched_cost"]
+    assert {r["strategy"] for r in points} == {e["guidance"] for e in preset}
+    assert all(r["status"] == "ok" and float(r["fid"]) >= 0 for r in points)
+    matched = [r for r in rows if r["table"] == "matched_cost"]
+    assert len(matched) == len({(e["guidance"], e.get("tag")) for e in preset})  # one row per curve
+    nfe = {r["strategy"]: float(r["nfe_per_sample"]) for r in matched}
+    assert nfe["none"] == 2 and nfe["cfg"] == 4 and nfe["pag"] == 4 and nfe["cfg_zero"] == 2  # 1 of 2 steps zeroed
+    assert (tmp_path / "study" / "report" / "plots" / "fid_vs_nfe.png").is_file()

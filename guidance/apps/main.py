@@ -133,7 +133,8 @@ def sweep_points(cfg: DictConfig) -> list[dict]:
     for entry in cfg.study.sweep:
         node = _guidance_node(entry.guidance)
         takes_scale = "scale" in node or "scale" in node.get("inner", {})
-        settings = OmegaConf.to_container(entry.get("settings") or {}, resolve=True)
+        raw = entry.get("settings")
+        settings = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
         unknown = [k for k in settings if k.split(".")[0] not in node]
         if unknown:
             raise GuidanceError(f"study.sweep: guidance={entry.guidance} has no field(s) {unknown}; it has "
@@ -188,9 +189,9 @@ def ensure_weak(cfg: DictConfig, points: list[dict]) -> Path | None:
     given = cfg.study.get("weak_ckpt")
     path = Path(hydra.utils.to_absolute_path(given)) if given else _pretrained(cfg, "unet_weak.pt")
     if path is None or not path.is_file():
-        raise GuidanceError(f"study.sweep has autoguidance but no weak U-Net ({given or 'no unet_weak.pt in '
-                            f'pretrained_dir'}): train one with guidance-train experiment=weak_unet and set "
-                            "study.weak_ckpt=PATH")
+        where = given or "no unet_weak.pt in pretrained_dir"
+        raise GuidanceError(f"study.sweep has autoguidance but no weak U-Net ({where}): train one with "
+                            "guidance-train experiment=weak_unet and set study.weak_ckpt=PATH")
     tqdm.write(f"[models] autoguidance's weak U-Net: {path}")
     return path
 
