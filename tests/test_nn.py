@@ -304,7 +304,7 @@ def compose_group(group: str, name: str, data: str):
         return compose(overrides=[f"+{group}={name}", *FAKE_DATA[data]])[group]
 
 
-@pytest.mark.parametrize("group,name", [("model", "adm_tiny"), ("model", "adm_fmnist"),
+@pytest.mark.parametrize("group,name", [("model", "adm_tiny"), ("model", "adm_fmnist"), ("model", "adm_weak"),
                                         ("classifier", "tiny"), ("classifier", "fmnist")])
 def test_small_configs_instantiate_and_run(group, name):
     net = instantiate(compose_group(group, name, "fmnist"))
@@ -317,7 +317,7 @@ def test_small_configs_instantiate_and_run(group, name):
 
 def test_all_config_files_are_covered():
     names = {f"{p.parent.name}/{p.stem}" for d in ("model", "classifier") for p in (CONF / d).glob("*.yaml")}
-    assert names == {"model/adm_tiny", "model/adm_fmnist", "model/adm_imagenet64",
+    assert names == {"model/adm_tiny", "model/adm_fmnist", "model/adm_weak", "model/adm_imagenet64",
                      "classifier/tiny", "classifier/fmnist", "classifier/imagenet64"}
 
 
