@@ -183,3 +183,41 @@ def test_sweep_with_evaluate_writes_one_metrics_json_per_point(ckpts, tmp_path):
         assert np.isfinite(m["fid"]) and 0 <= m["precision"] <= 1
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("is up to date; skipping evaluation") == 2
+
+
+def test_reuse_is_decided_by_weights_and_by_the_npz_itself(ckpts, tmp_path, capsys):
+    """Issue 11: a U-Net retrained into the same path for the same number of steps, a truncated samples.npz
+    beside a valid sample_info.json, or an npz swapped for another: none is taken as finished."""
+    import shutil
+
+    from guidance.apps.sample import run_sample
+
+    unet = tmp_path / "unet.pt"
+    shutil.copy(ckpts["unet"], unet)
+    cfg = lambda: compose_cfg({**ckpts, "unet": str(unet)}, "guidance=cfg", "guidance.scale=1")
+    out = tmp_path / "point"
+    npz = run_sample(cfg(), out)
+    first = npz.read_bytes()
+    assert json.loads((out / "sample_info.json").read_text())["samples_file"]["bytes"] == len(first)
+    run_sample(cfg(), out)
+    assert "skipping" in capsys.readouterr().out  # same weights, same settings: reused
+
+    torch.manual_seed(123)  # "retrained with another training.seed": same path, same step, other weights
+    kwargs = {k: v for k, v in unet_config().items() if k != "_target_"}
+    retrained = UNet(**kwargs)
+    with torch.no_grad():
+        for p in retrained.out.parameters():  # the zero-initialised output layer would hide the new weights
+            p.normal_(0, 0.1)
+    save_snapshot(unet, "unet", retrained, unet_config(), step=7, diffusion_config=DIFFUSION)
+    run_sample(cfg(), out)
+    assert "skipping" not in capsys.readouterr().out and npz.read_bytes() != first
+
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated (a crash, a full disk)
+    run_sample(cfg(), out)
+    assert "skipping" not in capsys.readouterr().out and np.load(npz)["arr_0"].shape[0] == 6
+
+    other = tmp_path / "other.npz"
+    np.savez(other, arr_0=np.zeros((6, SIZE, SIZE, CH), np.uint8), arr_1=np.zeros(6, np.int64))
+    shutil.copy(other, npz)  # same image count, another content
+    run_sample(cfg(), out)
+    assert "skipping" not in capsys.readouterr().out and np.load(npz)["arr_0"].any()

@@ -31,7 +31,7 @@ from guidance.training.checkpoint import load_snapshot
 # sample_info fields that decide whether an existing samples.npz can be reused (batch size and device do not
 # change the samples: per-image seeds).
 MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
-              "use_ema", "unet_ckpt", "unet_step", "classifier_ckpt", "classifier_step", "weak_ckpt", "engine")
+              "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine")
 ENGINE = 2  # samples of another engine version are never reused as new
 
 
@@ -124,6 +124,10 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
             "sampler_config": to_container(cfg.sampler), "num_samples": int(cfg.num_samples), "seed": int(cfg.seed),
             "labels": cfg.labels, "use_ema": bool(cfg.use_ema), "num_classes": mc["num_classes"],
             "unet_ckpt": unet_meta["path"], "unet_step": unet_meta["step"], "engine": ENGINE,
+            # Reuse is decided by the weights' content, not the path: a retrained snapshot in the same folder
+            # (another training.seed, same step count) never passes its predecessor's samples off as its own.
+            "unet_sha256": sha256_file(unet_meta["path"]),
+            "classifier_sha256": sha256_file(clf_meta["path"]) if clf_meta else None,
             "dataset": (unet_meta.get("data_config") or {}).get("name"),
             "classifier_ckpt": clf_meta["path"] if clf_meta else None,
             "classifier_step": clf_meta["step"] if clf_meta else None,
