@@ -146,3 +146,32 @@ def test_classifier_learns_the_fixture_classes(fake_fashion_mnist, tmp_path):
     out = train(_cfg(fake_fashion_mnist, tmp_path, "training.train_unet=false", "training.total_steps=300",
                      "training.batch_size=32", "training.log_every=40", "training.classifier_lr=1e-3"), tmp_path)
     assert out["metrics"]["clf/acc_q1"] > 0.5
+
+
+def test_final_checkpoint_never_leaves_missing_or_stale_snapshots(fake_fashion_mnist, tmp_path, monkeypatch):
+    """Issue 11: the snapshots are written before the resumable state, and a rerun that finds the state at the
+    final step rewrites snapshots that are missing, truncated or of another step instead of saying 'done'."""
+    import guidance.training.loop as loop
+
+    run = tmp_path / "run"
+    order = []
+    real_snapshot, real_state = loop.save_snapshot, loop.save_training_state
+    monkeypatch.setattr(loop, "save_snapshot", lambda path, *a, **k: (order.append(Path(path).name),
+                                                                       real_snapshot(path, *a, **k))[1])
+    monkeypatch.setattr(loop, "save_training_state", lambda path, *a, **k: (order.append("state.pt"),
+                                                                            real_state(path, *a, **k))[1])
+    train(_cfg(fake_fashion_mnist, run), run)
+    assert order[-3:] == ["unet.pt", "classifier.pt", "state.pt"]  # snapshots first, state last
+    final = (run / "unet.pt").read_bytes()
+
+    (run / "unet.pt").unlink()  # lost
+    (run / "classifier.pt").write_bytes(b"truncated")
+    result = train(_cfg(fake_fashion_mnist, run), run)
+    assert result["resumed"] and load_snapshot(run / "unet.pt", role="unet")[1]["step"] == 4
+    assert load_snapshot(run / "classifier.pt", role="classifier")[1]["step"] == 4
+    a = torch.load(run / "unet.pt", weights_only=False)
+    b = torch.load(__import__("io").BytesIO(final), weights_only=False)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])  # same weights
+    order.clear()
+    train(_cfg(fake_fashion_mnist, run), run)  # nothing stale now: nothing rewritten
+    assert order == []

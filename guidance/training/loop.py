@@ -129,8 +129,11 @@ def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str
                             f"{env.world_size} processes; it is the global batch")
     run = _setup(cfg, run_dir, env)
     _build_networks(run)
-    if run.state_path.exists() and _resume(run):
-        return run.result({}, resumed=True)  # already trained to total_steps
+    if run.state_path.exists() and _resume(run):  # already trained to total_steps
+        if env.is_main and not _snapshots_current(run):
+            print(f"snapshots in {run.run_dir} are missing or stale: rewriting them from {run.state_path}")
+            _write_snapshots(run.cfg, run.resolved, run.run_dir, run.step, run.models, run.emas)
+        return run.result({}, resumed=True)
     _start(run)
     start_step = run.step
     metrics = _loop(run)
@@ -403,7 +406,9 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
 
 
 def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, carried) -> None:
-    """Resumable state first, then the snapshots sampling reads (EMA weights + raw weights)."""
+    """The snapshots sampling reads (EMA weights + raw weights) FIRST, then the resumable state: a state at step N
+    implies its snapshots were written (a crash in between leaves an older state, which resumes and rewrites)."""
+    _write_snapshots(cfg, resolved, run_dir, step, models, emas)
     state_models = dict(carried)
     for role, m in models.items():
         state_models[role] = {"model": m.state_dict(), "optimizer": opts[role].state_dict(),
@@ -415,6 +420,9 @@ def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, ca
         rng["cuda"] = torch.cuda.get_rng_state_all()
     save_training_state(state_path, {"step": step, "models": state_models, "rng": rng, "config": resolved,
                                      "arch": arch})
+
+
+def _write_snapshots(cfg, resolved, run_dir, step, models, emas) -> None:
     for role, m in models.items():
         target = m
         if role in emas:
@@ -425,3 +433,15 @@ def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, ca
         save_snapshot(run_dir / f"{role}.pt", role, target, resolved["model" if role == "unet" else "classifier"],
                       step, diffusion_config=resolved["diffusion"], data_config=resolved["data"], extra=extra,
                       raw_state_dict=m.state_dict())
+
+
+def _snapshots_current(run) -> bool:
+    """Whether every snapshot of this run exists, reads, and holds the state's step."""
+    for role in run.roles:
+        try:
+            snap = torch.load(run.run_dir / f"{role}.pt", map_location="cpu", weights_only=False)
+        except Exception:  # missing, truncated, not ours: rewrite it
+            return False
+        if not isinstance(snap, dict) or snap.get("step") != run.step:
+            return False
+    return True
