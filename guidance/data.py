@@ -195,10 +195,16 @@ def _load_idx_dataset(name: str, split: str, root: str | None, download: bool):
 
     cls = getattr(torchvision.datasets, _TORCHVISION_CLASS[name])
     tv_root = None
+    system = Path(SYSTEM_DATASET_DIRS.get(name, "/nonexistent"))
     if root is not None:
         tv_root = _torchvision_root_for(name, Path(root))
-    system = Path(SYSTEM_DATASET_DIRS.get(name, "/nonexistent"))
-    if tv_root is None and system.is_dir():
+        if tv_root is None and not download:  # an explicit root is never swapped for another copy
+            system_way = (f"`apt-get install {DEBIAN_PACKAGES[name]}` and drop data.root (reads {system})"
+                          if name in DEBIAN_PACKAGES else "drop data.root")
+            raise GuidanceError(f"{name}: no IDX files in data.root={root} (an explicit root is not swapped for "
+                                f"another copy); point data.root to the folder holding them, or {system_way}, "
+                                "or add data.download=true")
+    if tv_root is None and root is None and system.is_dir():
         tv_root = _torchvision_root_for(name, system)
     download_root = cache_dir() / "download"
     if tv_root is None and (download or _has_idx_files(download_root / cls.__name__ / "raw")):

@@ -133,3 +133,17 @@ def test_debian_package_path_is_found():
     images, labels = data.load_images("fashion_mnist", "test")
     assert images.shape == (10000, 1, 28, 28)
     assert torch.bincount(labels).tolist() == [1000] * 10  # Fashion-MNIST's test split is balanced
+
+
+def test_explicit_root_without_the_data_stops_instead_of_using_the_system_copy(fake_fashion_mnist, tmp_path,
+                                                                                monkeypatch):
+    """Issue 11: data.root=<empty folder> used to fall back to the Debian copy silently."""
+    monkeypatch.setattr(data, "SYSTEM_DATASET_DIRS", {"fashion_mnist": str(fake_fashion_mnist.root)})
+    monkeypatch.setenv("GUIDANCE_CACHE_DIR", str(tmp_path / "cache"))
+    data._load_cached.cache_clear() if hasattr(data._load_cached, "cache_clear") else None
+    images, _ = data.load_images("fashion_mnist", "train")  # no root: the system copy is fine
+    assert len(images) == len(fake_fashion_mnist.train_images)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GuidanceError, match="no IDX files in data.root=.*not swapped"):
+        data.load_images("fashion_mnist", "train", root=empty)

@@ -112,6 +112,13 @@ def test_bad_sample_files_are_one_line_errors(setup):
         "no_arr0.npz": ({"images": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8)}, "no arr_0"),
         "labels.npz": ({"arr_0": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8),
                         "arr_1": np.zeros(3, dtype=np.int64)}, "arr_1 has shape"),
+        # issue 11: float, negative and out-of-range labels used to be accepted
+        "float_labels.npz": ({"arr_0": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8),
+                              "arr_1": np.full(40, 1.5)}, "non-negative integer class labels"),
+        "negative_labels.npz": ({"arr_0": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8),
+                                 "arr_1": np.full(40, -1)}, "non-negative integer class labels"),
+        "label_range.npz": ({"arr_0": rng.integers(0, 256, (40, SIZE, SIZE, 1), dtype=np.uint8),
+                             "arr_1": np.full(40, 12)}, "labels go up to 12 but .* has 10 classes"),
     }
     for name, (arrays, match) in cases.items():
         bad.mkdir(exist_ok=True)

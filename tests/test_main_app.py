@@ -22,7 +22,8 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     assert first.returncode == 0, first.stderr[-2000:]
     study = tmp_path / "study"
     assert (study / "train" / "unet.pt").is_file() and (study / "train" / "classifier.pt").is_file()
-    assert (tmp_path / "runs" / "evaluator" / "fashion_mnist" / "evaluator.pt").is_file()
+    # the evaluator's path names its training length (issue 11: a debug evaluator never serves another study)
+    assert (tmp_path / "runs" / "evaluator" / "fashion_mnist" / "epochs1" / "evaluator.pt").is_file()
     points = ["none-cond-s0", "classifier-uncond-s1", "cfg-cond-s1"]
     for p in points:
         assert (study / "sweep" / p / "samples.npz").is_file() and (study / "sweep" / p / "metrics.json").is_file()

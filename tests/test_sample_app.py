@@ -221,3 +221,22 @@ def test_reuse_is_decided_by_weights_and_by_the_npz_itself(ckpts, tmp_path, caps
     shutil.copy(other, npz)  # same image count, another content
     run_sample(cfg(), out)
     assert "skipping" not in capsys.readouterr().out and np.load(npz)["arr_0"].any()
+
+
+def test_a_classifier_of_another_dataset_is_refused(ckpts, tmp_path):
+    """Issue 11: same shape and class count, another dataset (MNIST vs Fashion-MNIST): refused, one line."""
+    from guidance.apps.sample import run_sample
+
+    data = lambda name: {"name": name, "path": None, "image_size": SIZE, "channels": CH, "num_classes": K}
+    torch.manual_seed(0)
+    unet = tmp_path / "unet.pt"
+    save_snapshot(unet, "unet", UNet(**{k: v for k, v in unet_config().items() if k != "_target_"}), unet_config(),
+                  step=7, diffusion_config=DIFFUSION, data_config=data("fashion_mnist"))
+    clf = tmp_path / "clf.pt"
+    save_snapshot(clf, "classifier", EncoderClassifier(**{k: v for k, v in classifier_config().items()
+                                                           if k != "_target_"}),
+                  classifier_config(), step=7, data_config=data("mnist"))
+    cfg = compose_cfg({"unet": str(unet), "classifier": str(clf)}, "guidance=classifier")
+    with pytest.raises(GuidanceError, match="trained on data.name=fashion_mnist .* on data.name=mnist") as e:
+        run_sample(cfg, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out" / "samples.npz").exists()

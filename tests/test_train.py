@@ -175,3 +175,18 @@ def test_final_checkpoint_never_leaves_missing_or_stale_snapshots(fake_fashion_m
     order.clear()
     train(_cfg(fake_fashion_mnist, run), run)  # nothing stale now: nothing rewritten
     assert order == []
+
+
+def test_resuming_in_another_number_of_processes_says_so(fake_fashion_mnist, tmp_path, capsys):
+    """Issue 11: a 2-process state resumed in 1 process used to continue without a word."""
+    from guidance.training.checkpoint import save_training_state
+
+    run = tmp_path / "run"
+    train(_cfg(fake_fashion_mnist, run), run)
+    state = torch.load(run / "checkpoints" / "state.pt", weights_only=False)
+    assert state["world_size"] == 1
+    save_training_state(run / "checkpoints" / "state.pt", {**state, "world_size": 2})
+    capsys.readouterr()
+    train(_cfg(fake_fashion_mnist, run, "training.total_steps=6"), run)
+    out = capsys.readouterr().out
+    assert "written by 2 process(es) and resumes in 1" in out

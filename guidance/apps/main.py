@@ -105,6 +105,8 @@ def ensure_evaluator(cfg: DictConfig) -> Path:
     if shipped and not chosen_by_user:  # the shipped evaluator keeps numbers comparable across machines
         tqdm.write(f"[evaluator] reusing shipped {shipped}")
         return shipped
+    if not chosen_by_user:  # one evaluator per training length: a 1-epoch debug one never serves the CPU study
+        configured = configured.parent / f"epochs{cfg.study.evaluator_epochs}" / configured.name
     if configured.is_file():
         tqdm.write(f"[evaluator] reusing {configured}")
         return configured

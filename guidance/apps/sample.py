@@ -35,12 +35,23 @@ MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "n
 ENGINE = 2  # samples of another engine version are never reused as new
 
 
-def check_compatible(unet_meta: dict, clf_meta: dict) -> None:
+DATA_IDENTITY = ("name", "path", "image_size", "channels", "num_classes")  # what makes two datasets one
+
+
+def check_compatible(unet_meta: dict, clf_meta: dict, what: str = "classifier") -> None:
+    """Same geometry and classes, and the same DATASET (its snapshots record it): a classifier trained on another
+    dataset of the same shape (MNIST for a Fashion-MNIST U-Net) would guide towards the wrong classes."""
     u, c = unet_meta["model_config"], clf_meta["model_config"]
     for key in ("image_size", "in_channels", "num_classes"):
         if u.get(key) != c.get(key):
-            raise GuidanceError(f"U-Net {unet_meta['path']} has {key}={u.get(key)} but classifier {clf_meta['path']} "
-                                f"has {key}={c.get(key)}; pass a classifier_ckpt trained on the same data")
+            raise GuidanceError(f"U-Net {unet_meta['path']} has {key}={u.get(key)} but {what} {clf_meta['path']} "
+                                f"has {key}={c.get(key)}; pass a {what} checkpoint trained on the same data")
+    ud, cd = unet_meta.get("data_config") or {}, clf_meta.get("data_config") or {}
+    differ = [k for k in DATA_IDENTITY if k in ud and k in cd and ud[k] != cd[k]]
+    if differ:
+        k = differ[0]
+        raise GuidanceError(f"U-Net {unet_meta['path']} was trained on data.{k}={ud[k]} but {what} {clf_meta['path']} "
+                            f"on data.{k}={cd[k]}; pass a {what} checkpoint trained on the same dataset")
 
 
 def build(node: DictConfig, **kwargs):
@@ -96,10 +107,7 @@ def load_weak(cfg: DictConfig, unet_meta: dict, device):
                             "guidance-train experiment=weak_unet)")
     path = to_absolute_path(cfg.weak_ckpt)
     weak, meta = load_snapshot(path, role="unet", map_location=device, use_ema=bool(cfg.use_ema))
-    for key in ("image_size", "in_channels", "num_classes"):
-        if meta["model_config"].get(key) != unet_meta["model_config"].get(key):
-            raise GuidanceError(f"weak U-Net {path} has {key}={meta['model_config'].get(key)} but the U-Net has "
-                                f"{unet_meta['model_config'].get(key)}: train the weak model on the same data")
+    check_compatible(unet_meta, meta, what="weak U-Net")
     strip = lambda d: {k: v for k, v in (d or {}).items() if k != "timestep_respacing"}
     if strip(meta.get("diffusion_config")) != strip(unet_meta.get("diffusion_config")):
         raise GuidanceError(f"weak U-Net {path} was trained with another noise schedule than the U-Net: "

@@ -113,6 +113,9 @@ def load_images_npz(path: str | Path, what: str = "samples") -> tuple[torch.Tens
         labels = z["arr_1"] if "arr_1" in z.files else None
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
         raise GuidanceError(f"{what} {path}: arr_1 has shape {labels.shape}, expected ({len(images)},) labels")
+    if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0)):
+        raise GuidanceError(f"{what} {path}: arr_1 must hold non-negative integer class labels, got {labels.dtype} "
+                            f"{'with negative values' if np.issubdtype(labels.dtype, np.integer) else ''}".rstrip())
     images_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     labels_t = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     return images_t, labels_t
@@ -261,6 +264,10 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
         raise GuidanceError(f"samples are {'x'.join(map(str, images.shape[1:]))} (CxHxW) but the reference "
                             f"({ref_name} {ref_split}) is {'x'.join(map(str, ref_shape))}: evaluate against the data "
                             f"config the samples were generated from")
+    num_classes = _as_dict(data_cfg).get("num_classes")
+    if labels is not None and num_classes and len(labels) and int(labels.max()) >= int(num_classes):
+        raise GuidanceError(f"sample labels go up to {int(labels.max())} but {ref_name} has {num_classes} classes "
+                            f"(0..{int(num_classes) - 1}): evaluate against the data the samples were generated for")
     layers = extractor_spec(c["extractor"]).layers
     feature_set = sorted(set(layers.values()))
     weights = _weights_path(c)

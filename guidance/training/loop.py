@@ -194,6 +194,10 @@ def _resume(run: _Run) -> bool:
     run.carried = {r: s for r, s in state["models"].items() if r not in run.roles}
     if run.env.is_main:
         print(f"resuming from {state_path} at step {run.step}")
+        saved_world = int(state.get("world_size", run.env.world_size))
+        if saved_world != run.env.world_size:  # each rank reseeds from (seed, step, rank): the batches change
+            print(f"note: {state_path} was written by {saved_world} process(es) and resumes in {run.env.world_size}; "
+                  f"the continuation is valid but not bitwise the run {saved_world} processes would have made")
     if run.step >= total:
         if run.env.is_main:
             print(f"already trained to step {run.step} (training.total_steps={total}); raise "
@@ -256,7 +260,7 @@ def _loop(run: _Run) -> dict[str, float]:
         if (t_cfg.checkpoint_every and run.step % t_cfg.checkpoint_every == 0) or run.step == t_cfg.total_steps:
             if env.is_main:
                 _save(run.cfg, run.resolved, run.arch, run.run_dir, run.state_path, run.step, run.models, run.opts,
-                      run.emas, run.carried)
+                      run.emas, run.carried, run.env.world_size)
             distributed.barrier()
     bar.close()
     return metrics
@@ -405,7 +409,7 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
                            max_images=len(y))
 
 
-def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, carried) -> None:
+def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, carried, world_size=1) -> None:
     """The snapshots sampling reads (EMA weights + raw weights) FIRST, then the resumable state: a state at step N
     implies its snapshots were written (a crash in between leaves an older state, which resumes and rewrites)."""
     _write_snapshots(cfg, resolved, run_dir, step, models, emas)
@@ -419,7 +423,7 @@ def _save(cfg, resolved, arch, run_dir, state_path, step, models, opts, emas, ca
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     save_training_state(state_path, {"step": step, "models": state_models, "rng": rng, "config": resolved,
-                                     "arch": arch})
+                                     "arch": arch, "world_size": int(world_size)})
 
 
 def _write_snapshots(cfg, resolved, run_dir, step, models, emas) -> None:
