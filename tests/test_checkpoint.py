@@ -183,3 +183,26 @@ def test_ema_warmup_follows_the_schedule_and_forgets_the_init():
     assert expected > 0.99  # without warm-up the zero init would still weigh 0.999**1500 = 22%
     plain = EMA(nn.Linear(1, 1, bias=False), 0.999)
     assert plain.rate_at(0) == 0.999
+
+
+def test_atomic_writes_get_normal_permissions_and_clean_temps_of_killed_writers(tmp_path):
+    """Issue 11: result files were 0600 (mkstemp's mode); temp files left by a SIGKILLed writer piled up."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from guidance.io import atomic_write_json
+
+    target = tmp_path / "metrics.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited: its temp is stale
+    stale = tmp_path / f".metrics.json.{socket.gethostname()}-{pid}.abc123.tmp"
+    live = tmp_path / f".metrics.json.{socket.gethostname()}-{os.getpid()}.zzz999.tmp"  # a live writer's
+    stale.write_text("half")
+    live.write_text("in progress")
+    atomic_write_json({"fid": 1.0}, target)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+    assert not stale.exists() and live.exists()

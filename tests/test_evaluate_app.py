@@ -310,3 +310,17 @@ def test_metrics_json_keeps_one_result_per_extractor_of_the_same_samples(setup, 
     evaluate_folder(samples, cfg, DATA, ref)
     assert set(json.loads((samples.parent / "metrics.json").read_text())["extractors"]) == {"evaluator"}
     assert evaluate_folder_if_stale(samples, dino, DATA, ref) is not None
+
+
+def test_corrupt_reference_cache_is_rebuilt_and_an_empty_npz_is_one_line(setup, capsys):
+    """Issue 11: a corrupt cache file was a traceback; an npz with no images too."""
+    tmp, samples, ref, cfg = setup
+    first = evaluate_folder(samples, cfg, DATA, ref)
+    (cache,) = Path(cfg["cache_dir"]).glob("*.npz")
+    cache.write_bytes(b"PK\x03\x04 truncated")
+    again = evaluate_folder(samples, cfg, DATA, ref)
+    assert "unreadable" in capsys.readouterr().out and not again["reference"]["cache_hit"]
+    assert again["fid"] == first["fid"]
+    np.load(cache)  # rewritten whole
+    empty = save_batch(tmp / "empty" / "samples.npz", 0, seed=3)
+    _one_line_error(evaluate_folder, empty, cfg, DATA, ref, match="holds no images")

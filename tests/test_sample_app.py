@@ -132,6 +132,9 @@ def test_experiment_presets_compose(ckpts):
     (["guidance=cfg", "guidance.scale=nan"], "must be finite"),
     (["guidance=cfg", "guidance.scale=abc"], "must be a number"),
     (["guidance=classifier", "guidance.scale=-1"], ">= 0"),
+    (["seed=-3"], "seed=-3 must be a non-negative integer"),  # issue 11: was a traceback
+    (["guidance=cfgpp", "sampler=heun"], "sampler=heun has no CFG"),
+    (["guidance=autoguidance"], "needs the weak model: pass weak_ckpt=PATH"),
 ])
 def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):
     from guidance.apps.sample import run_sample

@@ -130,6 +130,10 @@ def test_architecture_change_on_resume_is_one_line(fake_fashion_mnist, tmp_path)
     (["diffusion=linear_1000_learned"], "learn_sigma"),
     (["training.p_uncond=1.5"], "p_uncond"),
     (["training.train_unet=false", "training.train_classifier=false"], "both false"),
+    # issue 11: these were tracebacks
+    (["training.seed=-1"], "training.seed=-1 must be a non-negative integer"),
+    (["training.unet_lr=-0.001"], "training.unet_lr=-0.001 must be a number >= 0"),
+    (["training.batch_size=12.5"], "training.batch_size=12.5 must be a positive integer"),
 ])
 def test_config_mistakes_are_one_line(fake_fashion_mnist, tmp_path, overrides, words):
     with pytest.raises(GuidanceError, match=words) as e:

@@ -71,8 +71,11 @@ def check_request(cfg: DictConfig) -> None:
     """Fail on bad settings before loading anything."""
     if cfg.labels not in LABEL_MODES:
         raise GuidanceError(f"labels={cfg.labels} is unknown; use one of {', '.join(LABEL_MODES)}")
-    if not all(isinstance(cfg[k], int) and cfg[k] >= 1 for k in ("num_samples", "batch_size")):
+    if not all(isinstance(cfg[k], int) and not isinstance(cfg[k], bool) and cfg[k] >= 1
+               for k in ("num_samples", "batch_size")):
         raise GuidanceError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be positive integers")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise GuidanceError(f"seed={cfg.seed!r} must be a non-negative integer (image i's noise comes from (seed, i))")
     for key in ("scale", "classifier_scale"):
         if key in cfg.guidance:
             check_scale(cfg.guidance[key], f"guidance.{key}")

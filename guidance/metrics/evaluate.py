@@ -110,6 +110,8 @@ def load_images_npz(path: str | Path, what: str = "samples") -> tuple[torch.Tens
             raise GuidanceError(f"{what} {path} has no arr_0: expected an ADM-style npz (arr_0 uint8 NHWC [+ arr_1])")
         images = z["arr_0"]
         _check_nhwc_uint8(images, path, what)
+        if len(images) == 0:
+            raise GuidanceError(f"{what} {path} holds no images (arr_0 has shape {images.shape})")
         labels = z["arr_1"] if "arr_1" in z.files else None
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
         raise GuidanceError(f"{what} {path}: arr_1 has shape {labels.shape}, expected ({len(images)},) labels")

@@ -44,11 +44,14 @@ def load_or_extract(cache_dir: str | Path | None, key: dict,
     """
     path = cache_path(cache_dir, key) if cache_dir else None
     if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            if json.loads(str(z["key"])) == key:
-                feats = {name: torch.from_numpy(z[f"feat_{name}"]) for name in key["layers"]}
-                labels = torch.from_numpy(z["labels"]) if "labels" in z.files else None
-                return feats, labels, True
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["key"])) == key:
+                    feats = {name: torch.from_numpy(z[f"feat_{name}"]) for name in key["layers"]}
+                    labels = torch.from_numpy(z["labels"]) if "labels" in z.files else None
+                    return feats, labels, True
+        except Exception as e:  # truncated / corrupt / foreign file: rebuild it rather than fail or trust it
+            print(f"reference-feature cache {path} is unreadable ({type(e).__name__}); rebuilding it")
     feats, labels = extract()
     if path is not None:
         arrays = {f"feat_{name}": feats[name].float().numpy() for name in key["layers"]}

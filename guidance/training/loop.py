@@ -123,7 +123,21 @@ class _Run:
                 "resumed": resumed, **{r: str(self.run_dir / f"{r}.pt") for r in self.roles}}
 
 
+def check_training_config(t_cfg) -> None:
+    """Bad numbers stop with one line before anything is built (issue 11: they were tracebacks)."""
+    for key in ("batch_size", "total_steps"):
+        if isinstance(t_cfg[key], bool) or not isinstance(t_cfg[key], int) or t_cfg[key] < 1:
+            raise GuidanceError(f"training.{key}={t_cfg[key]!r} must be a positive integer")
+    if isinstance(t_cfg.seed, bool) or not isinstance(t_cfg.seed, int) or t_cfg.seed < 0:
+        raise GuidanceError(f"training.seed={t_cfg.seed!r} must be a non-negative integer")
+    for key in ("unet_lr", "classifier_lr", "unet_weight_decay", "classifier_weight_decay", "grad_clip"):
+        value = t_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise GuidanceError(f"training.{key}={value!r} must be a number >= 0")
+
+
 def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str, Any]:
+    check_training_config(cfg.training)
     if cfg.training.batch_size % env.world_size:
         raise GuidanceError(f"training.batch_size={cfg.training.batch_size} must be divisible by the "
                             f"{env.world_size} processes; it is the global batch")
