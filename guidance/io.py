@@ -15,6 +15,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
+from guidance.errors import GuidanceError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -57,9 +59,13 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
     """Write through `write(fileobj)` into a temp file in the same folder, fsync, then rename over `path`.
     The result gets the usual permissions (0666 minus the umask; mkstemp's are 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    except OSError as e:  # a regular file in the way, a read-only folder, ...
+        raise GuidanceError(f"cannot write {path}: {e.strerror or e} ({type(e).__name__}); choose another "
+                            "output path") from None
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -67,9 +73,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a quota: nothing half-written is left, the old file stands
+            raise GuidanceError(f"cannot write {path}: {e.strerror or e} ({type(e).__name__}); the previous "
+                                "file, if any, is unchanged: free space or choose another output path") from None
         raise
     return path
 

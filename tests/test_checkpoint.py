@@ -206,3 +206,27 @@ def test_atomic_writes_get_normal_permissions_and_clean_temps_of_killed_writers(
     os.umask(mask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
     assert not stale.exists() and live.exists()
+
+
+def test_unwritable_output_paths_are_one_line_and_leave_nothing_half_written(tmp_path, monkeypatch):
+    """Issue 11: an output path under a regular file, or a write that fails (a full disk), was a traceback."""
+    import errno
+    import json
+
+    import guidance.io as gio
+    from guidance.errors import GuidanceError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(GuidanceError, match=f"cannot write {blocker}/out/m.json") as e:
+        gio.atomic_write_json({"a": 1}, blocker / "out" / "m.json")
+    assert "\n" not in str(e.value)
+    target = tmp_path / "m.json"
+    gio.atomic_write_json({"old": True}, target)
+
+    def full_disk(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(GuidanceError, match="No space left on device.*unchanged"):
+        gio._atomic_write(target, full_disk, mode="w")
+    assert json.loads(target.read_text()) == {"old": True} and list(tmp_path.glob(".*.tmp")) == []

@@ -104,3 +104,14 @@ def test_strategy_comparison_sweep_runs_end_to_end(fake_fashion_mnist, tmp_path)
     nfe = {r["strategy"]: float(r["nfe_per_sample"]) for r in matched}
     assert nfe["none"] == 2 and nfe["cfg"] == 4 and nfe["pag"] == 4 and nfe["cfg_zero"] == 2  # 1 of 2 steps zeroed
     assert (tmp_path / "study" / "report" / "plots" / "fid_vs_nfe.png").is_file()
+
+
+def test_truncated_shipped_snapshot_is_one_line(fake_fashion_mnist, tmp_path):
+    """Issue 11: a truncated pretrained unet.pt was a traceback."""
+    shipped = tmp_path / "pre"
+    shipped.mkdir()
+    (shipped / "unet.pt").write_bytes(b"PK\x03\x04 cut short")
+    (shipped / "classifier.pt").write_bytes(b"PK\x03\x04 cut short")
+    res = _run_main(tmp_path, fake_fashion_mnist.root, f"pretrained_dir={shipped}")  # (overrides study=debug's null)
+    assert res.returncode == 2 and "shipped snapshot" in res.stderr and "unreadable" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -60,7 +60,11 @@ def check_snapshot_matches(path: Path, cfg: DictConfig, groups: tuple[str, ...])
 
     from guidance.training.checkpoint import config_diff
 
-    snap = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        snap = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated (an interrupted copy or checkout), not a snapshot
+        raise GuidanceError(f"shipped snapshot {path} is unreadable ({type(e).__name__}): restore it (git checkout "
+                            f"-- {path.name}) or set pretrained_dir=null to train instead") from None
     stored = {"model": snap.get("model_config"), "classifier": snap.get("model_config"),
               "diffusion": snap.get("diffusion_config")}
     for g in groups:
