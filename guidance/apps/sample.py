@@ -10,7 +10,10 @@ A job whose samples.npz exists with matching sample_info.json is skipped (resume
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,12 +23,13 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
 from guidance.apps.common import CONF_DIR, init_wandb, log_images, one_line_errors, to_container
-from guidance.device import resolve_device
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError, check_scale
 from guidance.io import sha256_file
 from guidance.sampling import LABEL_MODES, GuidedDenoiser
-from guidance.sampling.generate import finished_samples, generate, save_samples
+from guidance.sampling.denoiser import cost_per_sample
+from guidance.sampling.generate import finished_samples, generate_parts, merge_parts, save_samples
+from guidance.training import distributed
 from guidance.training.checkpoint import load_snapshot
 
 # sample_info fields that decide whether an existing samples.npz can be reused (batch size and device do not
@@ -119,19 +123,43 @@ def load_weak(cfg: DictConfig, unet_meta: dict, device):
 
 
 def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
-    """Sample per `cfg` (conf/sample.yaml) into out_dir; returns the path of samples.npz."""
+    """Sample per `cfg` (conf/sample.yaml) into out_dir; returns the path of samples.npz.
+
+    Under torchrun each rank samples every world-th batch (per-image seeds: bitwise the samples of one process)
+    and rank 0 merges them. Finished batches are kept in out_dir/.parts-<plan> until the point is written, so a
+    killed run resumes at its first missing batch."""
     out_dir, t0 = Path(out_dir), time.time()
     check_request(cfg)
+    env = distributed.setup(cfg.device)
     guider = build(cfg.guidance)
-    device = resolve_device(cfg.device)
-    networks, unet_meta, clf_meta = load_networks(cfg, guider, device)
+    networks, unet_meta, clf_meta = load_networks(cfg, guider, env.device)
     mc = unet_meta["model_config"]
     base = create_diffusion(**{k: v for k, v in unet_meta["diffusion_config"].items()
                                if k not in ("_target_", "timestep_respacing")})
     sampler = build(cfg.sampler, diffusion=base)
     guider.check_sampler(sampler)
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching)
-    info = {**guider.info(), **sampler.info(), "guider": to_container(cfg.guidance),
+    info = point_info(cfg, guider, sampler, mc, unet_meta, clf_meta)
+    if finished_samples(out_dir, info, MATCH_KEYS):
+        print(f"{out_dir / 'samples.npz'} already holds these samples; skipping")
+        return out_dir / "samples.npz"
+    plan = hashlib.sha256(json.dumps([{k: info.get(k) for k in MATCH_KEYS}, int(cfg.batch_size)], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+    parts = out_dir / f".parts-{plan}"
+    generate_parts(sampler, denoiser, (mc["in_channels"], mc["image_size"], mc["image_size"]), int(cfg.num_samples),
+                   int(cfg.seed), mc["num_classes"], parts, cfg.labels, int(cfg.batch_size), env.device, env.rank,
+                   env.world_size, progress=env.is_main, desc=f"sample {guider!r}")
+    distributed.barrier()
+    npz = out_dir / "samples.npz"
+    if env.is_main:
+        finish_point(cfg, out_dir, parts, info, t0, env, f"{guider!r}, {sampler.label}, {sampler.steps} steps")
+    distributed.barrier()
+    return npz
+
+
+def point_info(cfg, guider, sampler, mc, unet_meta, clf_meta) -> dict:
+    """What sample_info.json records: the strategy, the sampler, the seeds and the networks (by content)."""
+    return {**guider.info(), **sampler.info(), "guider": to_container(cfg.guidance),
             "sampler_config": to_container(cfg.sampler), "num_samples": int(cfg.num_samples), "seed": int(cfg.seed),
             "labels": cfg.labels, "use_ema": bool(cfg.use_ema), "num_classes": mc["num_classes"],
             "unet_ckpt": unet_meta["path"], "unet_step": unet_meta["step"], "engine": ENGINE,
@@ -143,17 +171,18 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
             "classifier_ckpt": clf_meta["path"] if clf_meta else None,
             "classifier_step": clf_meta["step"] if clf_meta else None,
             "weak_ckpt": unet_meta.get("weak")}
-    if finished_samples(out_dir, info, MATCH_KEYS):
-        print(f"{out_dir / 'samples.npz'} already holds these samples; skipping")
-        return out_dir / "samples.npz"
-    images, labels = generate(sampler, denoiser, (mc["in_channels"], mc["image_size"], mc["image_size"]),
-                              int(cfg.num_samples), int(cfg.seed), mc["num_classes"], cfg.labels,
-                              int(cfg.batch_size), device, desc=f"sample {guider!r}")
-    info.update(cost_per_sample=denoiser.cost_per_sample(), wall_time_s=round(time.time() - t0, 3), device=str(device))
+
+
+def finish_point(cfg, out_dir: Path, parts: Path, info: dict, t0: float, env, what: str) -> Path:
+    """Rank 0: merge the batches in index order, write the point (npz, grid, info last), drop the parts."""
+    images, labels, counts = merge_parts(parts, int(cfg.num_samples), int(cfg.batch_size))
+    info = {**info, "cost_per_sample": cost_per_sample(counts, counts.get("images", 0)),
+            "wall_time_s": round(time.time() - t0, 3), "device": str(env.device), "processes": env.world_size}
     npz = save_samples(out_dir, images, labels, info)
+    shutil.rmtree(parts, ignore_errors=True)
     log_run(cfg, out_dir, info)
-    print(f"wrote {npz} ({len(images)} samples, {guider!r}, {sampler.label}, {sampler.steps} steps, "
-          f"{info['cost_per_sample']['nfe']:g} NFE/sample, {info['wall_time_s']}s)")
+    print(f"wrote {npz} ({len(images)} samples, {what}, {info['cost_per_sample']['nfe']:g} NFE/sample, "
+          f"{info['wall_time_s']}s)")
     return npz
 
 
@@ -171,7 +200,7 @@ def log_run(cfg: DictConfig, out_dir: Path, info: dict) -> None:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     npz = run_sample(cfg, HydraConfig.get().runtime.output_dir)
-    if cfg.evaluate:
+    if cfg.evaluate and int(os.environ.get("RANK", "0")) == 0:
         evaluate_point(cfg, npz)
 
 

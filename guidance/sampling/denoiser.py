@@ -138,12 +138,16 @@ class GuidedDenoiser:
         return grad
 
     def cost_per_sample(self) -> dict[str, float]:
-        """Counted work per image: `nfe` (rows through every denoising network), classifier passes, and
-        `nfe_<network>` for each denoising network other than the U-Net."""
-        n = max(self.images, 1)
-        denoisers = [k for k in self.counts if not k.endswith(("_forward", "_backward"))]
-        out = {"nfe": sum(self.counts[k] for k in denoisers) / n,
-               "classifier_forward": self.counts["classifier_forward"] / n,
-               "classifier_backward": self.counts["classifier_backward"] / n}
-        out.update({f"nfe_{k}": self.counts[k] / n for k in denoisers if k != "unet"})
-        return out
+        return cost_per_sample(self.counts, self.images)
+
+
+def cost_per_sample(counts: dict, images: int) -> dict[str, float]:
+    """Counted work per image: `nfe` (rows through every denoising network), classifier passes, and
+    `nfe_<network>` for each denoising network other than the U-Net."""
+    n = max(images, 1)
+    denoisers = [k for k in counts if not k.endswith(("_forward", "_backward")) and k != "images"]
+    out = {"nfe": sum(counts[k] for k in denoisers) / n,
+           "classifier_forward": counts.get("classifier_forward", 0) / n,
+           "classifier_backward": counts.get("classifier_backward", 0) / n}
+    out.update({f"nfe_{k}": counts[k] / n for k in denoisers if k != "unet"})
+    return out

@@ -1,8 +1,9 @@
 """Generate N seeded samples with a sampler and a guided denoiser, and write them as an ADM-format sample folder.
 
 Sample i's initial noise, label and every noise draw come from (seed, i) alone (PerImageRNG), so the samples do not
-depend on the batch size and are paired across the points of a scale sweep. The cost per sample is what the
-denoiser counted while sampling.
+depend on the batch size or on which process made them, and are paired across the points of a scale sweep. Each
+finished batch is a file (`generate_parts`) holding its images and the network passes it cost, so a killed run
+resumes at its first missing batch and torchrun ranks can share a point; `merge_parts` joins them in index order.
 """
 
 from __future__ import annotations
@@ -15,24 +16,72 @@ import torch
 from tqdm.auto import tqdm
 
 from guidance.data import to_uint8
+from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
 from guidance.io import atomic_save_npz, atomic_write_json, sha256_file
 from guidance.sampling.rng import PerImageRNG
 
 
-def generate(sampler, denoiser, shape, num_samples: int, seed: int, num_classes: int, labels: str = "uniform",
-             batch_size: int = 250, device="cpu", progress: bool = True, desc: str = "sample"):
-    """(images uint8 [N, C, H, W], labels int64 [N]) on the CPU; shape = (C, H, W) of one image."""
-    images, ys = [], []
-    with tqdm(total=num_samples, desc=desc, unit="img", disable=not progress) as bar:
-        for start in range(0, num_samples, batch_size):
-            rng = PerImageRNG(seed, range(start, min(start + batch_size, num_samples)), device=device)
-            y = rng.labels(num_classes, labels)
-            x = sampler.sample(denoiser, (len(rng), *shape), y, rng)
-            images.append(to_uint8(x).cpu())
-            ys.append(y.cpu())
-            bar.update(len(rng))
-    return torch.cat(images), torch.cat(ys)
+def batch_ranges(num_samples: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + batch_size, num_samples)) for s in range(0, num_samples, batch_size)]
+
+
+def sample_batch(sampler, denoiser, shape, start, end, seed, num_classes, labels, device):
+    """Images start..end-1, from their own seeds: the same at any batch size, on any rank."""
+    rng = PerImageRNG(seed, range(start, end), device=device)
+    y = rng.labels(num_classes, labels)
+    x = sampler.sample(denoiser, (len(rng), *shape), y, rng)
+    return to_uint8(x).cpu(), y.cpu()
+
+
+def part_path(parts_dir: Path, start: int, end: int) -> Path:
+    return parts_dir / f"images_{start:09d}_{end:09d}.npz"
+
+
+def _read_part(path: Path):
+    """(images, labels, counts) of a finished batch, or None when missing or unreadable (a crash mid-write)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), json.loads(str(z["counts"]))
+    except Exception:
+        return None
+
+
+def generate_parts(sampler, denoiser, shape, num_samples: int, seed: int, num_classes: int, parts_dir: Path,
+                   labels: str = "uniform", batch_size: int = 250, device="cpu", rank: int = 0, world: int = 1,
+                   progress: bool = True, desc: str = "sample") -> int:
+    """Sample this rank's batches (every `world`-th, from `rank`) into parts_dir, one file per batch with the
+    network passes it cost; batches already there are skipped, so a killed run loses one batch, not the point.
+    Returns how many batches this call sampled."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    mine = batch_ranges(num_samples, batch_size)[rank::world]
+    done = 0
+    with tqdm(total=sum(e - s for s, e in mine), desc=desc, unit="img", disable=not progress) as bar:
+        for start, end in mine:
+            path = part_path(parts_dir, start, end)
+            if _read_part(path) is None:
+                before, images_before = dict(denoiser.counts), denoiser.images
+                x, y = sample_batch(sampler, denoiser, shape, start, end, seed, num_classes, labels, device)
+                counts = {k: v - before.get(k, 0) for k, v in denoiser.counts.items()}
+                counts["images"] = denoiser.images - images_before
+                atomic_save_npz(path, images=x.numpy(), labels=y.numpy(), counts=np.array(json.dumps(counts)))
+                done += 1
+            bar.update(end - start)
+    return done
+
+
+def merge_parts(parts_dir: Path, num_samples: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """All batches in index order + the summed counts of the passes that made them."""
+    images, ys, total = [], [], {}
+    for start, end in batch_ranges(num_samples, batch_size):
+        part = _read_part(part_path(parts_dir, start, end))
+        if part is None:
+            raise GuidanceError(f"batch {start}..{end - 1} is missing from {parts_dir}: rerun to sample it")
+        images.append(part[0])
+        ys.append(part[1])
+        for k, v in part[2].items():
+            total[k] = total.get(k, 0) + v
+    return torch.cat(images), torch.cat(ys), total
 
 
 def finished_samples(out_dir: Path, info: dict, match_keys) -> bool:
