@@ -292,3 +292,34 @@ def test_torchrun_two_processes_equal_one_process_bitwise(ckpts, tmp_path):
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
     info = json.loads((tmp_path / "two" / "sample_info.json").read_text())
     assert info["processes"] == 2 and info["cost_per_sample"]["nfe"] == 40
+
+
+@pytest.mark.parametrize("launcher,schema", [("joblib", "hydra_plugins.hydra_joblib_launcher.config.JobLibLauncherConf"),
+                                             ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.config.SlurmQueueConf"),
+                                             ("submitit_local", "hydra_plugins.hydra_submitit_launcher.config.LocalQueueConf")])
+def test_every_launcher_config_composes_against_its_plugin(launcher, schema):
+    """Issue 11: submitit_slurm shipped a field (srun_args) that hydra-submitit-launcher 1.2 does not have."""
+    import dataclasses
+    import importlib
+
+    module, name = schema.rsplit(".", 1)
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    ours = set(cfg.hydra.launcher)
+    assert ours <= fields, f"{launcher}: not fields of {name}: {sorted(ours - fields)}"
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_give_the_samples_of_a_sequential_sweep(ckpts, tmp_path, launcher):
+    args = ["-m", "guidance=cfg", "guidance.scale=0,1", *common(ckpts, tmp_path)]
+    seq = cli(*args, "sweep_name=seq", f"hydra.sweep.dir={tmp_path}/seq", cwd=tmp_path)
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    par = cli(*args, "sweep_name=par", f"hydra.sweep.dir={tmp_path}/par", f"hydra/launcher={launcher}", cwd=tmp_path)
+    assert par.returncode == 0, par.stderr[-3000:]
+    points = sorted(p.parent.name for p in (tmp_path / "seq").glob("*/samples.npz"))
+    assert len(points) == 2 and points == sorted(p.parent.name for p in (tmp_path / "par").glob("*/samples.npz"))
+    for point in points:
+        a = np.load(tmp_path / "seq" / point / "samples.npz")
+        b = np.load(tmp_path / "par" / point / "samples.npz")
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
