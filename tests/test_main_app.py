@@ -115,3 +115,36 @@ def test_truncated_shipped_snapshot_is_one_line(fake_fashion_mnist, tmp_path):
     res = _run_main(tmp_path, fake_fashion_mnist.root, f"pretrained_dir={shipped}")  # (overrides study=debug's null)
     assert res.returncode == 2 and "shipped snapshot" in res.stderr and "unreadable" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_study(fake_fashion_mnist, tmp_path):
+    """Issue 11 kill test: the main job killed once its first point is written; the rerun completes every point
+    once, reusing the finished one, and every point's samples are bitwise the uninterrupted study's."""
+    import signal
+    import time
+
+    import numpy as np
+
+    (tmp_path / "a").mkdir()
+    straight = _run_main(tmp_path / "a", fake_fashion_mnist.root)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    (tmp_path / "b").mkdir()
+    cmd = [sys.executable, "-m", "guidance.apps.main", "study=debug", "pretrained_dir=null",
+           f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={tmp_path / 'b' / 'study'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "b", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "b" / "study" / "sweep" / "none-cond-s0" / "sample_info.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not first.exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = first.stat().st_mtime_ns
+    rerun = _run_main(tmp_path / "b", fake_fashion_mnist.root)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert first.stat().st_mtime_ns == stamp  # the finished point was not redone
+    for point in ("none-cond-s0", "classifier-uncond-s1", "cfg-cond-s1"):
+        a = np.load(tmp_path / "a" / "study" / "sweep" / point / "samples.npz")
+        b = np.load(tmp_path / "b" / "study" / "sweep" / point / "samples.npz")
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])

@@ -194,3 +194,41 @@ def test_resuming_in_another_number_of_processes_says_so(fake_fashion_mnist, tmp
     train(_cfg(fake_fashion_mnist, run, "training.total_steps=6"), run)
     out = capsys.readouterr().out
     assert "written by 2 process(es) and resumes in 1" in out
+
+
+def _kill_when(cmd, cwd, ready, timeout=120):
+    """Start `cmd`, SIGKILL it as soon as ready() holds (or at the timeout); return once it is dead."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    finished = proc.poll() is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return not finished
+
+
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(fake_fashion_mnist, tmp_path):
+    """Issue 11 kill test: SIGKILL after the first checkpoint, rerun the same command: bitwise the same weights."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = lambda run: [sys.executable, "-m", "guidance.apps.train", "experiment=debug", "logger=none",
+                        f"data.root={fake_fashion_mnist.root}", f"out_dir={run}", "training.total_steps=12",
+                        "training.checkpoint_every=3", "training.sample_every=0", "training.progress=false"]
+    assert subprocess.run(args(straight), cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, timeout=300).returncode == 0
+    state = killed / "checkpoints" / "state.pt"
+    ready = lambda: state.exists() and (killed / "unet.pt").exists()
+    assert _kill_when(args(killed), tmp_path, ready), "training finished before it could be killed"
+    rerun = subprocess.run(args(killed), cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "resuming from" in rerun.stdout
+    a, b = _weights(straight), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for role in ("unet", "classifier"):
+        sa = torch.load(straight / f"{role}.pt", weights_only=False)["state_dict"]
+        sb = torch.load(killed / f"{role}.pt", weights_only=False)["state_dict"]
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
