@@ -357,6 +357,7 @@ def _results_of_same_samples(path: Path, samples_sha256: str) -> dict[str, dict]
 def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
     """Evaluate `folder/samples.npz` (or a samples .npz path) and write this extractor's result into the
     `metrics.json` beside it; results of other extractors for the same samples are kept."""
+    metrics_config(cfg_metrics)  # bad settings fail before any file is read
     npz = find_samples_npz(folder)
     images, labels = load_images_npz(npz)
     out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)

@@ -1,0 +1,141 @@
+"""Every bad input and fault named in issue 11 (and more), each run here, and the one line it gets: the table in
+docs/bad_input.md is this test's output. Regenerate it with GUIDANCE_WRITE_DOCS=1 pytest tests/test_bad_input_table.py;
+otherwise the test fails when the docs and the behaviour disagree."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from guidance.apps.common import CONF_DIR
+from guidance.errors import GuidanceError
+from guidance.nn import EncoderClassifier, UNet
+from guidance.training.checkpoint import save_snapshot
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
+SIZE, K = 8, 3
+DIFFUSION = {"_target_": "guidance.diffusion.create_diffusion", "steps": 40, "noise_schedule": "linear",
+             "model_var_type": "fixed_small", "loss_type": "mse", "timestep_respacing": ""}
+UNET = {"_target_": "guidance.nn.UNet", "image_size": SIZE, "in_channels": 1, "model_channels": 8, "out_channels": 1,
+        "num_res_blocks": 1, "attention_resolutions": [], "channel_mult": [1, 2], "num_classes": K}
+CLF = {"_target_": "guidance.nn.EncoderClassifier", "image_size": SIZE, "in_channels": 1, "model_channels": 8,
+       "num_classes": K, "num_res_blocks": 1, "attention_resolutions": [], "channel_mult": [1, 2], "pool": "adaptive"}
+DATA = lambda name: {"name": name, "path": None, "image_size": SIZE, "channels": 1, "num_classes": K}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    kw = lambda c: {k: v for k, v in c.items() if k != "_target_"}
+    save_snapshot(d / "unet.pt", "unet", UNet(**kw(UNET)), UNET, 1, diffusion_config=DIFFUSION,
+                  data_config=DATA("fashion_mnist"))
+    save_snapshot(d / "clf.pt", "classifier", EncoderClassifier(**kw(CLF)), CLF, 1, data_config=DATA("fashion_mnist"))
+    save_snapshot(d / "mnist_clf.pt", "classifier", EncoderClassifier(**kw(CLF)), CLF, 1, data_config=DATA("mnist"))
+    (d / "truncated.pt").write_bytes((d / "unet.pt").read_bytes()[:2000])
+    (d / "blocker").write_text("a regular file")
+    np.savez(d / "empty.npz", arr_0=np.zeros((0, SIZE, SIZE, 1), np.uint8))
+    np.savez(d / "nchw.npz", arr_0=np.zeros((4, 1, SIZE, SIZE), np.uint8))
+    np.savez(d / "float_labels.npz", arr_0=np.zeros((4, SIZE, SIZE, 1), np.uint8), arr_1=np.full(4, 0.5))
+    (d / "empty_root").mkdir()
+    return d
+
+
+def sample(world, *overrides, clf="clf.pt"):
+    from guidance.apps.sample import run_sample
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=[f"unet_ckpt={world / 'unet.pt'}", f"classifier_ckpt={world / clf}",
+                                           "logger=none", "num_samples=4", "batch_size=4", "sampler.respacing=2",
+                                           *overrides])
+    run_sample(cfg, world / "out")
+
+
+def evaluate(world, npz, **metrics):
+    from guidance.metrics.evaluate import evaluate_folder
+
+    evaluate_folder(world / npz, {"extractor": "evaluator", "evaluator_checkpoint": str(world / "none.pt"), **metrics},
+                    {"name": "fashion_mnist", "image_size": SIZE, "channels": 1, "num_classes": K})
+
+
+def train(world, *overrides):
+    from guidance.training.loop import train as run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=debug", "logger=none", f"out_dir={world / 'train'}", *overrides])
+    run(cfg, world / "train")
+
+
+def full_disk(world):
+    from guidance.io import _atomic_write
+
+    def write(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _atomic_write(world / "metrics.json", write, mode="w")
+
+
+CASES = [  # (what, input, call)
+    ("sampling", "`seed=-3`", lambda w: sample(w, "seed=-3")),
+    ("sampling", "`guidance.scale=nan`", lambda w: sample(w, "guidance=cfg", "guidance.scale=nan")),
+    ("sampling", "`guidance.scale=-1` (classifier)", lambda w: sample(w, "guidance=classifier", "guidance.scale=-1")),
+    ("sampling", "classifier guidance, `classifier_ckpt=null`", lambda w: sample(w, "guidance=classifier",
+                                                                                 "classifier_ckpt=null")),
+    ("sampling", "a classifier trained on MNIST for a Fashion-MNIST U-Net",
+     lambda w: sample(w, "guidance=classifier", clf="mnist_clf.pt")),
+    ("sampling", "`guidance=cfgpp sampler=heun`", lambda w: sample(w, "guidance=cfgpp", "sampler=heun")),
+    ("sampling", "`guidance=autoguidance` without `weak_ckpt`", lambda w: sample(w, "guidance=autoguidance")),
+    ("sampling", "`sampler.eta=2`", lambda w: sample(w, "sampler=ddim", "sampler.eta=2")),
+    ("sampling", "`unet_ckpt` truncated", lambda w: sample(w, f"unet_ckpt={w / 'truncated.pt'}")),
+    ("evaluation", "an npz with no images", lambda w: evaluate(w, "empty.npz")),
+    ("evaluation", "an NCHW npz", lambda w: evaluate(w, "nchw.npz")),
+    ("evaluation", "float labels in `arr_1`", lambda w: evaluate(w, "float_labels.npz")),
+    ("evaluation", "`metrics.compute=[sfid]` with `metrics.extractor=dinov2`",
+     lambda w: evaluate(w, "nchw.npz", extractor="dinov2", compute=["sfid"])),
+    ("evaluation", "`metrics.compute=[fd]` (unknown metric)", lambda w: evaluate(w, "nchw.npz", compute=["fd"])),
+    ("training", "`training.seed=-1`", lambda w: train(w, "training.seed=-1")),
+    ("training", "`training.unet_lr=-0.001`", lambda w: train(w, "training.unet_lr=-0.001")),
+    ("training", "`training.batch_size=12.5`", lambda w: train(w, "training.batch_size=12.5")),
+    ("data", "`data.root=<an empty folder>`", lambda w: __import__("guidance.data", fromlist=["x"]).load_images(
+        "fashion_mnist", "train", root=w / "empty_root")),
+    ("files", "an output path under a regular file", lambda w: __import__("guidance.io", fromlist=["x"])
+     .atomic_write_json({}, w / "blocker" / "metrics.json")),
+    ("files", "a full disk while writing a result", full_disk),
+]
+
+
+def run_cases(world) -> list[tuple[str, str, str]]:
+    rows = []
+    for what, given, call in CASES:
+        with pytest.raises(GuidanceError) as e:
+            call(world)
+        line = str(e.value)
+        assert "\n" not in line, (given, line)
+        rows.append((what, given, re.sub(re.escape(str(world)), "<dir>", line)))
+    return rows
+
+
+def table(rows) -> str:
+    out = ["# Bad input and faults: the one line each gets", "",
+           "Generated by `tests/test_bad_input_table.py` (which runs every case; `GUIDANCE_WRITE_DOCS=1` rewrites this",
+           "file). Every app prints the line as `error: <line>` and exits with status 2; nothing half-written is left.",
+           "", "| where | input | the line |", "|---|---|---|"]
+    pipe = "\\|"
+    out += [f"| {w} | {g} | {line.replace('|', pipe)} |" for w, g, line in rows]
+    return "\n".join(out) + "\n"
+
+
+def test_every_bad_input_gets_one_line_and_the_docs_table_is_current(world, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(world / "hub"))  # offline: no DINOv2 weights cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    text = table(run_cases(world))
+    if os.environ.get("GUIDANCE_WRITE_DOCS"):
+        DOC.write_text(text)
+    assert DOC.is_file() and DOC.read_text() == text, "docs/bad_input.md is stale: rerun with GUIDANCE_WRITE_DOCS=1"
