@@ -326,3 +326,24 @@ def test_every_strategy_is_registered_with_a_config():
 
     from guidance.apps.common import CONF_DIR
     assert {p.stem for p in (Path(CONF_DIR) / "guidance").glob("*.yaml")} == set(GUIDERS)
+
+
+def test_cfgpp_ddim_step_is_cfg_at_a_step_dependent_scale():
+    """Independent check of CFG++ (η = 0): in EDM's variable x̃ = x / sqrt(ᾱ), its step x̃' = x̂0_λ + σ' ε_u equals
+    CFG's x̃' = x̃ − (σ − σ') ε_ω with guidance scale ω = λ σ / (σ − σ') (ours: w = ω − 1). So with few, large steps
+    ω stays near λ < 1, between the unconditional and the conditional model."""
+    sampler = DDIMSampler(BASE, respacing="ddim10", clip_denoised=False)
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(4))
+    for i, lam in [(2, 0.5), (6, 0.9)]:
+        step, nxt = sampler.step_at(i), sampler.step_at(i + 1)
+        omega = lam * step.sigma / (step.sigma - nxt.sigma)
+        pp = sampler.step(GuidedDenoiser(CFGPlusPlus(lam), NETS, K), x, i, y, None)
+        e_c, e_u = eps(x, y, step), eps(x, y, step, torch.full_like(y, K))
+        e_w = e_u + omega * (e_c - e_u)
+        xs = x / math.sqrt(step.alpha_bar)
+        want = math.sqrt(nxt.alpha_bar) * (xs - (step.sigma - nxt.sigma) * e_w)
+        torch.testing.assert_close(pp, want, rtol=1e-4, atol=1e-5)
+        if omega >= 1:  # a CFG scale our cfg can express (w >= 0): the same step through the cfg guider
+            cfg = sampler.step(GuidedDenoiser(ClassifierFreeGuidance(omega - 1), NETS, K), x, i, y, None)
+            torch.testing.assert_close(pp, cfg, rtol=1e-4, atol=1e-5)

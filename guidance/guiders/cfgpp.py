@@ -6,8 +6,11 @@ Alg. 1), scale λ ∈ [0, 1]: the guided x̂0 is re-noised with the UNCONDITIONA
     Euler:  x̃_{i+1} = x̂0_λ + σ_{i+1} ε_u     (the official code's k-diffusion Euler, EDM's scaled variable)
 
 The prediction carries ε_u as `renoise_eps`; DDIM and Euler use it. DDPM, Heun and DPM-Solver++ have no form
-stated here and are refused. λ = 0 is the unconditional model's DDIM/Euler step; λ ≈ 0.2 behaves like CFG's
-w + 1 ≈ 2 in the paper's SD experiments (λ = 1 like ≈ 12.5). The scale column is λ, not comparable with w.
+stated here and are refused. λ = 0 is the unconditional model's DDIM/Euler step. In EDM's variable a CFG++ step
+(η = 0) IS a CFG step at guidance scale ω_i = λ σ_i / (σ_i − σ_{i+1}) (w = ω − 1; tested), so λ's meaning
+depends on the step count: with the paper's 50+ small steps ω ≫ λ (λ ≈ 0.2 behaves like w + 1 ≈ 2 in its SD
+experiments), with 10 DDIM steps on the linear schedule ω ≈ 1.0-2.5 λ, and the last step is always ω = λ.
+The scale column is λ, not comparable with w.
 """
 
 from __future__ import annotations
