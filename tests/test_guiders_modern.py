@@ -225,24 +225,38 @@ def test_icg_uses_per_image_random_labels_and_null_is_cfg():
 # ------------------------------------------------------------------------------------------- CFG-Zero*
 
 
-def test_cfg_zero_star_by_hand_neutral_and_zero_init():
+@pytest.mark.parametrize("space", ["v", "eps"])
+def test_cfg_zero_star_by_hand_neutral_and_zero_init(space):
     x, y, step = batch(index=2, count=10)
     w = 2.0
-    c, u = eps(x, y, step).double(), eps(x, y, step, torch.full_like(y, K)).double()
+    e_c, e_u = eps(x, y, step).double(), eps(x, y, step, torch.full_like(y, K)).double()
+    xd = x.double()
+    if space == "v":  # the rectified-flow velocity v = ε − x̂0 of each pass
+        c, u = e_c - x0_from(xd, step, e_c), e_u - x0_from(xd, step, e_u)
+    else:
+        c, u = e_c, e_u
     s = torch.stack([(c[i].flatten() @ u[i].flatten()) / (u[i].flatten() @ u[i].flatten() + 1e-8)
                      for i in range(len(x))]).reshape(-1, 1, 1, 1)
-    want = s * u + (1 + w) * (c - s * u)
-    pred, _ = run(CFGZeroStar(w, zero_steps=1), x, y, step)
+    out = s * u + (1 + w) * (c - s * u)
+    if space == "v":  # back from v on x_f = x̃ / (1 + σ): ε = x_f + (1 − τ) v, τ = σ / (1 + σ)
+        sig = step.sigma
+        x_f = xd / math.sqrt(step.alpha_bar) / (1 + sig)
+        want = x_f + out / (1 + sig)
+    else:
+        want = out
+    pred, _ = run(CFGZeroStar(w, zero_steps=1, space=space), x, y, step)
     torch.testing.assert_close(pred.eps.double(), want, rtol=1e-5, atol=1e-6)
-    plain, _ = run(CFGZeroStar(w, zero_steps=0, optimized_scale=False), x, y, step)
-    torch.testing.assert_close(plain.eps, run(ClassifierFreeGuidance(w), x, y, step)[0].eps, rtol=1e-6, atol=1e-6)
-    # Zeroed steps: ε = 0, no network pass, and DDIM keeps x_t / sqrt(ᾱ_t) (the flow's "velocity 0")
+    plain, _ = run(CFGZeroStar(w, zero_steps=0, optimized_scale=False, space=space), x, y, step)
+    torch.testing.assert_close(plain.eps, run(ClassifierFreeGuidance(w), x, y, step)[0].eps, rtol=1e-5, atol=1e-5)
+    # Zeroed steps: no network pass; DDIM keeps x_f = x_t / (sqrt(ᾱ_t)(1 + σ_t)) (v = 0) or x̃ (ε = 0)
     sampler = DDIMSampler(BASE, respacing="ddim10")
-    den = GuidedDenoiser(CFGZeroStar(w, zero_steps=2), NETS, K)
+    den = GuidedDenoiser(CFGZeroStar(w, zero_steps=2, space=space), NETS, K)
     den.reset(len(x))
     x_next = sampler.step(den, x, 0, y, None)
-    ab, ab_next = sampler.step_at(0).alpha_bar, sampler.step_at(1).alpha_bar
-    torch.testing.assert_close(x_next / math.sqrt(ab_next), x / math.sqrt(ab), rtol=1e-5, atol=1e-5)
+    a, b = sampler.step_at(0), sampler.step_at(1)
+    kept = (lambda z, st: z / math.sqrt(st.alpha_bar) / (1 + st.sigma)) if space == "v" else \
+        (lambda z, st: z / math.sqrt(st.alpha_bar))
+    torch.testing.assert_close(kept(x_next, b), kept(x, a), rtol=1e-5, atol=1e-5)
     assert den.counts["unet"] == 0
 
 
