@@ -169,13 +169,15 @@ def plot_is_vs_fid(sweep: Sweep, path: Path) -> Path:
 def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
     """FID against the network evaluations each sample cost (counted while sampling), one marker set per curve,
     and the frontier of points no other point beats on both (the strategies worth their cost)."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5))
     everything = []
-    for key, pts in group_series(sweep.points).items():
+    markers = "osD^v<>phX"  # with matplotlib's 10 colours: 100 curves before a (colour, marker) pair repeats
+    for n, (key, pts) in enumerate(group_series(sweep.points).items()):
         pts = [p for p in _with(pts, "fid") if is_finite(p.nfe)]
         if not pts:
             continue
-        style = dict(marker="*", ms=12) if pts[0].baseline else dict(marker="o", alpha=0.8)
+        style = dict(marker="*", ms=12) if pts[0].baseline else dict(marker=markers[(n // 10) % len(markers)],
+                                                                      alpha=0.8)
         ax.errorbar([p.nfe for p in pts], [p.value("fid") for p in pts], yerr=[p.spread("fid") or 0 for p in pts],
                     ls="none", capsize=2, label=key, **style)
         everything += [(p.nfe, p.value("fid")) for p in pts]
@@ -186,7 +188,10 @@ def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
                 front.append((nfe, fid))
                 best = fid
         ax.plot(*zip(*front), color="black", lw=2, alpha=0.3, drawstyle="steps-post", label="frontier")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fids = [f for _, f in everything if f > 0]
+        if fids and max(fids) / min(fids) > 20:  # one broken curve must not flatten every other point
+            ax.set_yscale("log")
     else:
         _empty(ax, "no points with FID and a counted cost")
     ax.set_xlabel("network evaluations per sample (counted)")
