@@ -323,3 +323,37 @@ def test_parallel_launchers_give_the_samples_of_a_sequential_sweep(ckpts, tmp_pa
         a = np.load(tmp_path / "seq" / point / "samples.npz")
         b = np.load(tmp_path / "par" / point / "samples.npz")
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_sigkill_mid_multirun_sweep_then_rerun_completes_every_point_once(ckpts, tmp_path):
+    """Issue 11 kill test: `guidance-sample -m` killed inside its second point; the rerun keeps the finished point,
+    resumes the interrupted one from its batches, and every point equals the uninterrupted sweep's."""
+    import signal
+    import time
+
+    def args(name):
+        return ["-m", "guidance=cfg", "guidance.scale=0,1,2", f"sweep_name={name}", f"hydra.sweep.dir={tmp_path}/{name}",
+                *_sample_args(ckpts, tmp_path / "run")[:-1]]
+
+    ref = cli(*args("ref"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "guidance.apps.sample", *args("killed")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = tmp_path / "killed"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (len(list(killed.glob("*/sample_info.json"))) == 1
+                                          and list(killed.glob("*/.parts-*/images_*.npz"))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (done,) = list(killed.glob("*/sample_info.json"))
+    stamp = done.stat().st_mtime_ns
+    again = cli(*args("killed"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert done.stat().st_mtime_ns == stamp and "already holds these samples; skipping" in again.stdout
+    points = sorted(p.parent.name for p in (tmp_path / "ref").glob("*/samples.npz"))
+    assert len(points) == 3 and points == sorted(p.parent.name for p in killed.glob("*/samples.npz"))
+    for point in points:
+        a, b = np.load(tmp_path / "ref" / point / "samples.npz"), np.load(killed / point / "samples.npz")
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
