@@ -354,15 +354,17 @@ def _results_of_same_samples(path: Path, samples_sha256: str) -> dict[str, dict]
     return results_by_extractor(data)
 
 
-def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
+def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None,
+                    samples_sha256: str | None = None) -> dict:
     """Evaluate `folder/samples.npz` (or a samples .npz path) and write this extractor's result into the
-    `metrics.json` beside it; results of other extractors for the same samples are kept."""
+    `metrics.json` beside it; results of other extractors for the same samples are kept. `samples_sha256`: the
+    npz's hash when the caller already has it (a 50k-image batch is hashed once, not twice)."""
     metrics_config(cfg_metrics)  # bad settings fail before any file is read
     npz = find_samples_npz(folder)
     images, labels = load_images_npz(npz)
     out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)
     out["samples"] = str(npz)
-    samples_sha = ext.sha256_file(npz)
+    samples_sha = samples_sha256 or ext.sha256_file(npz)
     path = npz.parent / "metrics.json"
     results = {**_results_of_same_samples(path, samples_sha), out["extractor"]: out}
     atomic_write_json({"format": METRICS_FORMAT, "samples": str(npz), "samples_sha256": samples_sha,
@@ -400,7 +402,7 @@ def evaluate_folder_if_stale(folder: str | Path, cfg_metrics, data_cfg,
     if (recorded.get("samples_sha256") == samples_sha and recorded.get(settings["extractor"]) == settings
             and settings["extractor"] in _results_of_same_samples(metrics, samples_sha)):
         return None
-    out = evaluate_folder(npz, cfg_metrics, data_cfg, reference_npz)
+    out = evaluate_folder(npz, cfg_metrics, data_cfg, reference_npz, samples_sha256=samples_sha)
     kept = recorded if recorded.get("samples_sha256") == samples_sha else {}
     atomic_write_json({**kept, "samples_sha256": samples_sha, settings["extractor"]: settings}, used)
     return out
