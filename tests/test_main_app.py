@@ -148,3 +148,32 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_study(fake_fashion
         a = np.load(tmp_path / "a" / "study" / "sweep" / point / "samples.npz")
         b = np.load(tmp_path / "b" / "study" / "sweep" / point / "samples.npz")
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_torchrun_main_job_equals_one_process(fake_fashion_mnist, tmp_path):
+    """Issue 11: guidance-main under torchrun shares each point's batches between the ranks (rank 0 evaluates
+    and reports); every point's samples and metrics are bitwise those of the one-process study."""
+    import json
+
+    import numpy as np
+
+    (tmp_path / "a").mkdir()
+    one = _run_main(tmp_path / "a", fake_fashion_mnist.root)
+    assert one.returncode == 0, one.stderr[-2000:]
+    shipped = tmp_path / "a" / "study" / "train"  # the one-process study's snapshots, reused as shipped ones
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
+           "-m", "guidance.apps.main", "study=debug", f"pretrained_dir={shipped}", f"data.root={fake_fashion_mnist.root}",
+           "logger=none", f"out_dir={tmp_path / 'b' / 'study'}",
+           f"metrics.evaluator_checkpoint={tmp_path / 'a' / 'runs' / 'evaluator' / 'fashion_mnist' / 'epochs1' / 'evaluator.pt'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    two = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("guidance-main: study") == 1  # rank 1 prints nothing
+    for point in ("none-cond-s0", "classifier-uncond-s1", "cfg-cond-s1"):
+        a, b = (tmp_path / "a" / "study" / "sweep" / point), (tmp_path / "b" / "study" / "sweep" / point)
+        sa, sb = np.load(a / "samples.npz"), np.load(b / "samples.npz")
+        assert np.array_equal(sa["arr_0"], sb["arr_0"]) and np.array_equal(sa["arr_1"], sb["arr_1"])
+        assert json.loads((b / "sample_info.json").read_text())["processes"] == 2
+        ma, mb = (json.loads((f / "metrics.json").read_text())["extractors"]["evaluator"] for f in (a, b))
+        assert ma["fid"] == mb["fid"] and ma["precision"] == mb["precision"]
+    assert (tmp_path / "b" / "study" / "report" / "tradeoff.csv").is_file()

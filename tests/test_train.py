@@ -232,3 +232,50 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(fake_fashio
         sa = torch.load(straight / f"{role}.pt", weights_only=False)["state_dict"]
         sb = torch.load(killed / f"{role}.pt", weights_only=False)["state_dict"]
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# Runs guidance-train, SIGKILLing itself the moment the snapshot of `role` at the final step is on disk: a fault
+# injected at an exact place inside the final checkpoint (the state is written after both snapshots).
+_KILL_AFTER_FINAL_SNAPSHOT = """
+import os, signal, sys
+import guidance.training.loop as loop
+role, total, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+real = loop.save_snapshot
+def save_then_die(path, snap_role, *a, **kw):
+    written = real(path, snap_role, *a, **kw)
+    if snap_role == role and a[2] == total:  # (model, model_config, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return written
+loop.save_snapshot = save_then_die
+sys.argv = ["guidance-train", *args]
+from guidance.apps.train import main
+main()
+"""
+
+
+@pytest.mark.parametrize("role", ["unet", "classifier"])
+def test_sigkill_inside_the_final_checkpoint_then_rerun_equals_an_uninterrupted_run(fake_fashion_mnist, tmp_path,
+                                                                                     role):
+    """Issue 11 kill test: killed after the final unet.pt (classifier.pt and the state still at step 9) or after
+    both final snapshots (state still at step 9); the rerun resumes, rewrites both, bitwise the straight run's."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = lambda run: ["experiment=debug", "logger=none", f"data.root={fake_fashion_mnist.root}", f"out_dir={run}",
+                        "training.total_steps=12", "training.checkpoint_every=3", "training.sample_every=0",
+                        "training.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "guidance.apps.train", *args(straight)], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0
+    died = subprocess.run([sys.executable, "-c", _KILL_AFTER_FINAL_SNAPSHOT, role, "12", *args(killed)],
+                          cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert died.returncode == -9  # SIGKILL
+    assert _state(killed)["step"] == 9
+    assert torch.load(killed / f"{role}.pt", weights_only=False)["step"] == 12
+    rerun = subprocess.run([sys.executable, "-m", "guidance.apps.train", *args(killed)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "resuming from" in rerun.stdout
+    a, b = _weights(straight), _weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for r in ("unet", "classifier"):
+        sa, sb = (torch.load(d / f"{r}.pt", weights_only=False) for d in (straight, killed))
+        assert sb["step"] == 12 and all(torch.equal(sa["state_dict"][k], sb["state_dict"][k]) for k in sa["state_dict"])

@@ -13,6 +13,8 @@ their primary configs with Hydra's compose API, so a point of this study equals 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from guidance.apps.common import CONF_DIR, one_line_errors
 from guidance.errors import GuidanceError
 from guidance.guiders import GUIDERS
+from guidance.training import distributed
 
 REPO_ROOT = Path(CONF_DIR).resolve().parent
 # Config groups the study shares with the training app.
@@ -214,9 +217,11 @@ def sweep_name_of(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{cfg.study.name}"
 
 
-def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path) -> Path:
+def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path,
+              is_main: bool = True) -> Path:
     """Stage 3: sample + evaluate every point. Samples are reused when their sampling settings match
-    (run_sample checks), metrics when they are newer than the samples and made with the same metrics settings."""
+    (run_sample checks), metrics when they are newer than the samples and made with the same metrics settings.
+    Under torchrun every rank samples its share of each point (run_sample); rank 0 alone evaluates."""
     from guidance.apps.sample import run_sample
     from guidance.metrics.evaluate import evaluate_folder_if_stale
 
@@ -225,12 +230,14 @@ def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[s
     tqdm.write(f"[sweep] {len(points)} points ({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} "
                f"{cfg.study.respacing}); samples and metrics are reused where their settings match")
     reused = 0
-    with tqdm(points, desc="sweep", unit="point") as bar:
+    with tqdm(points, desc="sweep", unit="point", disable=not is_main) as bar:
         for p in bar:
             bar.set_postfix_str(p["name"])
             folder = sweep_dir / p["name"]
             t0 = time.time()
             run_sample(sample_config(cfg, p, models, sweep_name), folder)  # skips when its samples match
+            if not is_main:
+                continue
             metrics = evaluate_folder_if_stale(folder, m_cfg, cfg.data)
             if metrics is None:
                 reused += 1
@@ -245,22 +252,37 @@ def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[s
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="main")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    """One process, or one per device under torchrun: every rank trains (DDP) and samples its share of each
+    point; rank 0 alone prints, trains the evaluator, evaluates and reports while the others wait."""
+    env = distributed.setup(cfg.device, timeout_min=float(os.environ.get("GUIDANCE_DIST_TIMEOUT_MIN", 180)))
+    try:
+        with contextlib.ExitStack() as quiet:
+            if not env.is_main:  # errors still reach stderr; progress bars are off on these ranks
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            run_study(cfg, env)
+    finally:
+        distributed.cleanup()
+
+
+def run_study(cfg: DictConfig, env: distributed.DistEnv) -> None:
     from guidance.report import build_report
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     t0 = time.time()
     stages = ["models", "evaluator", "sweep", "report"]
-    tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})")
+    tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})"
+               + (f"  [{env.world_size} processes]" if env.distributed else ""))
     points = sweep_points(cfg)  # a bad sweep spec fails before any training
     check_reference_data(cfg)   # and a missing dataset before any sampling
     models = ensure_models(cfg, out_dir)
     models["weak"] = ensure_weak(cfg, points)
-    evaluator = ensure_evaluator(cfg)
-    sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator)
-    paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger, name=sweep_name_of(cfg))
-    tqdm.write(f"[report] {paths['md']}\n[report] plots in {Path(paths['fid_vs_scale']).parent}")
+    evaluator = ensure_evaluator(cfg) if env.is_main else Path()
+    sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator, env.is_main)
+    if env.is_main:
+        paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger, name=sweep_name_of(cfg))
+        tqdm.write(f"[report] {paths['md']}\n[report] plots in {Path(paths['fid_vs_scale']).parent}")
+    distributed.barrier()
     tqdm.write(f"guidance-main: done in {(time.time() - t0) / 60:.1f} min")
-
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,16 +28,23 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Read torchrun's environment; with WORLD_SIZE > 1 join the process group (nccl on GPUs, gloo on CPUs)."""
+def setup(device: str = "auto", timeout_min: float | None = None) -> DistEnv:
+    """Read torchrun's environment; with WORLD_SIZE > 1 join the process group (nccl on GPUs, gloo on CPUs).
+    `timeout_min` is how long a collective waits for the slowest rank (torch's default when None): the main job
+    raises it, since its other ranks wait while rank 0 alone trains the evaluator or computes metrics."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        timeout = timedelta(minutes=timeout_min) if timeout_min else None
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return DistEnv(rank, local_rank, world_size, dev)
+
+
+def initialized() -> bool:
+    return dist.is_initialized()
 
 
 def cleanup() -> None:

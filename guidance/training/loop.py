@@ -65,11 +65,13 @@ def validate(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train (or resume) into `run_dir`; returns {"step", "run_dir", "state", "unet", "classifier", "metrics"}."""
     validate(cfg)
+    joined_here = not distributed.initialized()  # under guidance-main the group outlives training
     env = distributed.setup(cfg.get("device", "auto"))
     try:
         return _train(cfg, Path(run_dir), env)
     finally:
-        distributed.cleanup()
+        if joined_here:
+            distributed.cleanup()
 
 
 @dataclass
