@@ -357,3 +357,19 @@ def test_sigkill_mid_multirun_sweep_then_rerun_completes_every_point_once(ckpts,
     for point in points:
         a, b = np.load(tmp_path / "ref" / point / "samples.npz"), np.load(killed / point / "samples.npz")
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_point_records_its_runtime_and_is_resampled_under_another_precision(ckpts, tmp_path):
+    args = [*common(ckpts, tmp_path), "guidance=cfg"]
+    first = cli(*args, "precision=fp32", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "sample_info.json").read_text())
+    assert info["runtime"] == {"precision": "fp32", "channels_last": True, "compile": False}
+    assert info["batching"] == "split"
+    again = cli(*args, "precision=fp32", cwd=tmp_path)
+    assert "already holds these samples" in again.stdout
+    other = cli(*args, "precision=bf16", cwd=tmp_path)
+    assert other.returncode == 0 and "already holds" not in other.stdout
+    assert json.loads((tmp_path / "run" / "sample_info.json").read_text())["runtime"]["precision"] == "bf16"
+    bad = cli(*args, "precision=half", cwd=tmp_path)
+    assert bad.returncode != 0 and "precision=half is unknown" in bad.stderr

@@ -135,9 +135,19 @@ def _guidance_node(name: str) -> DictConfig:
         raise GuidanceError(f"study.sweep: unknown guidance '{name}' (strategies: {', '.join(sorted(GUIDERS))})") from e
 
 
+def _check_sampler(name: str) -> None:
+    try:
+        compose(config_name="sample", overrides=[f"sampler={name}"])
+    except HydraException as e:
+        known = sorted(p.stem for p in (Path(CONF_DIR) / "sampler").glob("*.yaml"))
+        raise GuidanceError(f"study: unknown sampler '{name}' (samplers: {', '.join(known)})") from e
+
+
 def sweep_points(cfg: DictConfig) -> list[dict]:
-    """Expand study.sweep ({guidance, conditional, scales, settings, tag}) into one dict per point, named for its
-    folder. `settings` sets other fields of the strategy (e.g. {schedule: cosine}); `tag` tells such curves apart."""
+    """Expand study.sweep ({guidance, conditional, scales, settings, tag, sampler, respacing}) into one dict per
+    point, named for its folder. `settings` sets other fields of the strategy (e.g. {schedule: cosine}); `tag` tells
+    such curves apart; `sampler`/`respacing` replace the study's for this entry (a strategy tied to some samplers,
+    e.g. CFG++ to DDIM and Euler)."""
     points = []
     for entry in cfg.study.sweep:
         node = _guidance_node(entry.guidance)
@@ -155,8 +165,12 @@ def sweep_points(cfg: DictConfig) -> list[dict]:
             model = "cond" if entry.get("conditional", True) else "uncond"
             points.append({"guidance": entry.guidance, "conditional": bool(entry.get("conditional", True)),
                            "scale": float(scale), "settings": settings,
+                           "sampler": entry.get("sampler") or cfg.study.sampler,
+                           "respacing": entry.get("respacing") or cfg.study.respacing,
                            "needs_weak": "autoguidance" in entry.guidance,
                            "name": f"{entry.guidance}{tag}-{model}-s{float(scale):g}"})
+    for sampler in {p["sampler"] for p in points}:
+        _check_sampler(sampler)
     names = [p["name"] for p in points]
     if len(set(names)) != len(names):
         raise GuidanceError(f"study.sweep lists a point twice: {sorted(n for n in names if names.count(n) > 1)}")
@@ -172,13 +186,14 @@ def check_reference_data(cfg: DictConfig) -> None:
 
 def sample_config(cfg: DictConfig, point: dict, models: dict[str, Path], sweep_name: str) -> DictConfig:
     s = cfg.study
-    scfg = compose(config_name="sample", overrides=[f"guidance={point['guidance']}", f"sampler={s.sampler}"])
+    scfg = compose(config_name="sample", overrides=[f"guidance={point['guidance']}", f"sampler={point['sampler']}"])
     with open_dict(scfg):
         scfg.logger = OmegaConf.to_container(cfg.logger, resolve=True)
         scfg.unet_ckpt, scfg.classifier_ckpt = str(models["unet"]), str(models["classifier"])
         scfg.num_samples, scfg.batch_size, scfg.seed, scfg.labels = s.num_samples, s.batch_size, s.seed, s.labels
         scfg.device, scfg.sweep_name = cfg.device, sweep_name
-        scfg.sampler.respacing = s.respacing
+        scfg.precision, scfg.compile = s.get("precision", "auto"), bool(s.get("compile", False))
+        scfg.sampler.respacing = point["respacing"]
         scfg.weak_ckpt = str(models["weak"]) if models.get("weak") else None
         if "scale" in scfg.guidance:
             scfg.guidance.scale = point["scale"]

@@ -28,6 +28,7 @@ from guidance.errors import GuidanceError, check_scale
 from guidance.io import sha256_file
 from guidance.sampling import LABEL_MODES, GuidedDenoiser
 from guidance.sampling.denoiser import cost_per_sample
+from guidance.sampling.runtime import Runtime
 from guidance.sampling.generate import finished_samples, generate_parts, merge_parts, save_samples
 from guidance.training import distributed
 from guidance.training.checkpoint import load_snapshot
@@ -35,7 +36,8 @@ from guidance.training.checkpoint import load_snapshot
 # sample_info fields that decide whether an existing samples.npz can be reused (batch size and device do not
 # change the samples: per-image seeds).
 MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
-              "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine")
+              "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine",
+              "runtime")
 ENGINE = 2  # samples of another engine version are never reused as new
 
 
@@ -138,8 +140,10 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
                                if k not in ("_target_", "timestep_respacing")})
     sampler = build(cfg.sampler, diffusion=base)
     guider.check_sampler(sampler)
-    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching)
-    info = point_info(cfg, guider, sampler, mc, unet_meta, clf_meta)
+    runtime = Runtime.resolve(cfg.precision, cfg.channels_last, cfg.compile, env.device)
+    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime)
+    info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
+            "batching": denoiser.batching_for(env.device)}
     if finished_samples(out_dir, info, MATCH_KEYS):
         print(f"{out_dir / 'samples.npz'} already holds these samples; skipping")
         return out_dir / "samples.npz"

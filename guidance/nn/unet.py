@@ -215,7 +215,9 @@ class UNet(nn.Module):
             elif y.shape != (x.shape[0],) or y.dtype not in (torch.int64, torch.int32):
                 raise GuidanceError(f"labels must be an integer tensor of shape [{x.shape[0]}], got "
                                     f"{y.dtype} {list(y.shape)}")
-            elif bool(((y < 0) | (y > self.num_classes)).any()):
+            # The range check reads the labels on the host: skipped inside torch.compile, where it would break
+            # the graph (the sampling engine compiles, and its labels come from guidance.sampling.rng).
+            elif not torch.compiler.is_compiling() and bool(((y < 0) | (y > self.num_classes)).any()):
                 raise GuidanceError(f"labels must lie in 0..{self.num_classes} ({self.num_classes} = null label), "
                                     f"got values {int(y.min())}..{int(y.max())}")
             emb = emb + self.label_emb(y)

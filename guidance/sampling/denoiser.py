@@ -4,9 +4,10 @@
 
 The guider lists the predictions it needs at this step (`Eval`: a denoising network at some labels; `ClassifierGrad`:
 ∇_{x_t} log p_φ(labels | x_t)); the denoiser runs each network ONCE with every requested row stacked into one
-batch (or, with batching="split", one forward per request: measured faster on CPUs, see
-benchmarks/bench_guidance_cost.py; "auto" stacks on GPUs and splits on CPUs), hands the named predictions to the guider's `combine`, clips x̂0 if asked, and counts every network row
-and classifier pass as it happens. Samplers see only the result, so any guider works with any sampler.
+batch (or, with batching="split", one forward per request; "auto" follows the measured per-device policy of
+guidance.sampling.runtime), under the Runtime's precision, layout and compilation, hands the named predictions (in
+fp32) to the guider's `combine`, clips x̂0 if asked, and counts every network row and classifier pass as it happens.
+Samplers see only the result, so any guider works with any sampler.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from guidance.errors import GuidanceError
 from guidance.sampling.prediction import Prediction, Step
+from guidance.sampling.runtime import Runtime, auto_policy
 
 Labels = Union[str, Callable[[torch.Tensor], torch.Tensor]]  # "target", "null", "random", or y -> labels
 STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
@@ -52,7 +54,8 @@ class GuidedDenoiser:
 
     BATCHING = ("auto", "stacked", "split")
 
-    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int, batching: str = "auto"):
+    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int, batching: str = "auto",
+                 runtime: Runtime | None = None):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
@@ -60,7 +63,8 @@ class GuidedDenoiser:
             raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
                                 f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
         self.guider, self.networks, self.null_label = guider, networks, int(null_label)
-        self.batching = batching
+        self.batching, self.runtime = batching, runtime or Runtime()
+        self.fast = {name: self.runtime.prepare(net) for name, net in networks.items() if net is not None}
         self.counts: Counter = Counter()  # rows through each network, classifier forward/backward rows
         self.images = 0                   # chains started, to report cost per sample
         self.draws = None                 # the chain's strategy stream (reset)
@@ -102,20 +106,27 @@ class GuidedDenoiser:
                 preds.update(self.evaluate(name, evals, x, y, step))
             else:
                 with perturb.applied(self.networks[name], self):
-                    preds.update(self.evaluate(name, evals, x, y, step))
+                    preds.update(self.evaluate(name, evals, x, y, step, perturbed=True))
         pred = self.guider.combine(preds, x, step)
         return self.guider.finish(pred, x, step, clip)
 
-    def evaluate(self, network: str, evals: list[Eval], x, y, step: Step) -> dict[str, Prediction]:
-        """One forward of `network` over every requested label set, split back into named predictions."""
-        k, c, net = len(evals), x.shape[1], self.networks[network]
+    def batching_for(self, device: torch.device) -> str:
+        return auto_policy(device)["batching"] if self.batching == "auto" else self.batching
+
+    def evaluate(self, network: str, evals: list[Eval], x, y, step: Step, perturbed: bool = False
+                 ) -> dict[str, Prediction]:
+        """One forward of `network` over every requested label set, split back into named predictions. Perturbed
+        passes run the eager module (hooks and flags never meet torch.compile)."""
+        k, c = len(evals), x.shape[1]
+        net = self.networks[network] if perturbed else self.fast[network]
         t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
         labels = [self.labels(e.labels, y) for e in evals]
-        split = self.batching == "split" or (self.batching == "auto" and x.device.type == "cpu")
-        if k == 1 or split:
-            out = torch.cat([net(x, t, ys) for ys in labels])
-        else:
-            out = net(torch.cat([x] * k), torch.cat([t] * k), torch.cat(labels))
+        with self.runtime.autocast(x.device):
+            if k == 1 or self.batching_for(x.device) == "split":
+                out = torch.cat([net(x, t, ys) for ys in labels])
+            else:
+                out = net(torch.cat([x] * k), torch.cat([t] * k), torch.cat(labels))
+        out = out.to(x.dtype)  # under autocast: the guider's and the sampler's math stays in x's precision
         self.counts[network] += k * len(x)
         preds = {}
         for e, chunk in zip(evals, out.chunk(k)):
@@ -125,12 +136,14 @@ class GuidedDenoiser:
 
     def classifier_grad(self, r: ClassifierGrad, x, y, step: Step) -> torch.Tensor:
         """Summing the selected log-probs gives each image its own gradient (eval mode: images independent)."""
-        classifier = self.networks[r.network]
+        classifier = self.fast[r.network]
         labels = self.labels(r.labels, y)
         t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            log_probs = F.log_softmax(classifier(x_in, t), dim=-1)
+            with self.runtime.autocast(x.device):
+                logits = classifier(x_in, t)
+            log_probs = F.log_softmax(logits.to(x.dtype), dim=-1)
             self.counts[f"{r.network}_forward"] += len(x)
             selected = log_probs[torch.arange(len(x), device=x.device), labels]
             grad = torch.autograd.grad(selected.sum(), x_in)[0]
