@@ -93,6 +93,8 @@ CASES = [  # (what, input, call)
     ("sampling", "`guidance=cfgpp sampler=heun`", lambda w: sample(w, "guidance=cfgpp", "sampler=heun")),
     ("sampling", "`guidance=autoguidance` without `weak_ckpt`", lambda w: sample(w, "guidance=autoguidance")),
     ("sampling", "`sampler.eta=2`", lambda w: sample(w, "sampler=ddim", "sampler.eta=2")),
+    ("sampling", "`precision=half`", lambda w: sample(w, "precision=half")),
+    ("sampling", "`compile=1`", lambda w: sample(w, "compile=1")),
     ("sampling", "`unet_ckpt` truncated", lambda w: sample(w, f"unet_ckpt={w / 'truncated.pt'}")),
     ("evaluation", "an npz with no images", lambda w: evaluate(w, "empty.npz")),
     ("evaluation", "an NCHW npz", lambda w: evaluate(w, "nchw.npz")),

@@ -48,12 +48,15 @@ def check_compatible(unet_meta: dict, clf_meta: dict, what: str = "classifier") 
     """Same geometry and classes, and the same DATASET (its snapshots record it): a classifier trained on another
     dataset of the same shape (MNIST for a Fashion-MNIST U-Net) would guide towards the wrong classes."""
     u, c = unet_meta["model_config"], clf_meta["model_config"]
-    for key in ("image_size", "in_channels", "num_classes"):
+    keys = ("image_size", "in_channels", "num_classes")
+    if u.get("num_classes") is None and what == "classifier":  # an unconditional U-Net guided by a classifier
+        keys = ("image_size", "in_channels")
+    for key in keys:
         if u.get(key) != c.get(key):
             raise GuidanceError(f"U-Net {unet_meta['path']} has {key}={u.get(key)} but {what} {clf_meta['path']} "
                                 f"has {key}={c.get(key)}; pass a {what} checkpoint trained on the same data")
     ud, cd = unet_meta.get("data_config") or {}, clf_meta.get("data_config") or {}
-    differ = [k for k in DATA_IDENTITY if k in ud and k in cd and ud[k] != cd[k]]
+    differ = [k for k in DATA_IDENTITY if k in ud and k in cd and ud[k] != cd[k] and (k != "num_classes" or k in keys)]
     if differ:
         k = differ[0]
         raise GuidanceError(f"U-Net {unet_meta['path']} was trained on data.{k}={ud[k]} but {what} {clf_meta['path']} "
@@ -91,9 +94,9 @@ def load_networks(cfg: DictConfig, guider, device) -> tuple[dict, dict, dict | N
     """The U-Net (and the classifier when the guider needs it) from their snapshots: (networks, metas)."""
     unet_path = to_absolute_path(cfg.unet_ckpt)
     unet, unet_meta = load_snapshot(unet_path, role="unet", map_location=device, use_ema=bool(cfg.use_ema))
-    if unet_meta["model_config"].get("num_classes") is None:
-        raise GuidanceError(f"{unet_path} is an unconditional U-Net; guidance-sample needs a class-conditional one "
-                            "trained with label dropout (model.num_classes set)")
+    if (unet_meta.get("extra") or {}).get("low_res"):
+        raise GuidanceError(f"{unet_path} is a super-resolution model (ADM {unet_meta['extra'].get('adm_release')}: "
+                            "it needs a low-resolution image per sample), which guidance-sample does not run")
     if not unet_meta.get("diffusion_config"):
         raise GuidanceError(f"{unet_path} records no diffusion_config (noise schedule); re-save it with "
                             "guidance.training.save_snapshot(..., diffusion_config=...)")
@@ -141,9 +144,12 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     sampler = build(cfg.sampler, diffusion=base)
     guider.check_sampler(sampler)
     runtime = Runtime.resolve(cfg.precision, cfg.channels_last, cfg.compile, env.device)
-    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime)
+    null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
+    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,
+                              null_trained=null_trained)
+    classes = mc["num_classes"] or (clf_meta["model_config"]["num_classes"] if clf_meta else 1)
     info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
-            "batching": denoiser.batching_for(env.device)}
+            "batching": denoiser.batching_for(env.device), "num_classes": classes}
     if finished_samples(out_dir, info, MATCH_KEYS):
         print(f"{out_dir / 'samples.npz'} already holds these samples; skipping")
         return out_dir / "samples.npz"
@@ -151,7 +157,7 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
                                      default=str).encode()).hexdigest()[:16]
     parts = out_dir / f".parts-{plan}"
     generate_parts(sampler, denoiser, (mc["in_channels"], mc["image_size"], mc["image_size"]), int(cfg.num_samples),
-                   int(cfg.seed), mc["num_classes"], parts, cfg.labels, int(cfg.batch_size), env.device, env.rank,
+                   int(cfg.seed), classes, parts, cfg.labels, int(cfg.batch_size), env.device, env.rank,
                    env.world_size, progress=env.is_main, desc=f"sample {guider!r}")
     distributed.barrier()
     npz = out_dir / "samples.npz"

@@ -22,7 +22,7 @@ class EncoderClassifier(nn.Module):
     """forward(x, t) -> logits [B, num_classes]."""
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, num_classes: int,
-                 num_res_blocks: int, attention_resolutions: Sequence[int] = (), channel_mult: Sequence[int] = (1, 2, 4, 8),
+                 num_res_blocks: int, attention_resolutions: Sequence[int] = (), channel_mult: Sequence[float] = (1, 2, 4, 8),
                  pool: str = "attention", dropout: float = 0.0, num_heads: int = 1, num_head_channels: int = -1,
                  use_scale_shift_norm: bool = True, resblock_updown: bool = False):
         super().__init__()

@@ -67,7 +67,7 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-def check_geometry(image_size: int, channel_mult: Sequence[int], attention_resolutions: Sequence[int]) -> list[int]:
+def check_geometry(image_size: int, channel_mult: Sequence[float], attention_resolutions: Sequence[int]) -> list[int]:
     """Resolutions (pixels) of the U-Net levels; GuidanceError when the size or an attention resolution cannot work."""
     if len(channel_mult) == 0:
         raise GuidanceError("channel_mult is empty; give one multiplier per resolution level, e.g. [1, 2, 2]")
@@ -95,13 +95,13 @@ def build_encoder(image_size, in_channels, model_channels, num_res_blocks, atten
     def attention(c):
         return AttentionBlock(c, num_heads=num_heads, num_head_channels=num_head_channels)
 
-    ch = model_channels * channel_mult[0]
+    ch = int(model_channels * channel_mult[0])  # int(): ADM's 512 models start at a multiplier of 0.5
     blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
     skip_channels = [ch]
     for level, (mult, res) in enumerate(zip(channel_mult, levels)):
         for _ in range(num_res_blocks):
-            layers = [ResBlock(ch, emb_channels, dropout, model_channels * mult, use_scale_shift_norm)]
-            ch = model_channels * mult
+            layers = [ResBlock(ch, emb_channels, dropout, int(model_channels * mult), use_scale_shift_norm)]
+            ch = int(model_channels * mult)
             if res in attn:
                 layers.append(attention(ch))
             blocks.append(EmbedSequential(*layers))
@@ -145,7 +145,7 @@ class UNet(nn.Module):
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
                  num_res_blocks: int, attention_resolutions: Sequence[int] = (), dropout: float = 0.0,
-                 channel_mult: Sequence[int] = (1, 2, 4, 8), num_classes: int | None = None, num_heads: int = 1,
+                 channel_mult: Sequence[float] = (1, 2, 4, 8), num_classes: int | None = None, num_heads: int = 1,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, resblock_updown: bool = False,
                  learn_sigma: bool = False):
         super().__init__()
@@ -169,8 +169,8 @@ class UNet(nn.Module):
             mult = channel_mult[level]
             for i in range(num_res_blocks + 1):
                 layers: list[nn.Module] = [ResBlock(ch + skip_channels.pop(), emb_channels, dropout,
-                                                    model_channels * mult, use_scale_shift_norm)]
-                ch = model_channels * mult
+                                                    int(model_channels * mult), use_scale_shift_norm)]
+                ch = int(model_channels * mult)
                 if levels[level] in attention_resolutions:
                     layers.append(AttentionBlock(ch, num_heads=num_heads, num_head_channels=num_head_channels))
                 if level and i == num_res_blocks:

@@ -50,19 +50,23 @@ class ClassifierGrad:
 
 class GuidedDenoiser:
     """networks: name -> module. Denoising networks take (x, t, labels) and return ε (or [ε, v] with a learned
-    variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class."""
+    variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class (None: an
+    unconditional U-Net, asked with no labels); `null_trained=False`: a class-conditional U-Net that never trained
+    that class (ADM's releases), so passes at the null label are refused."""
 
     BATCHING = ("auto", "stacked", "split")
 
-    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int, batching: str = "auto",
-                 runtime: Runtime | None = None):
+    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int | None, batching: str = "auto",
+                 runtime: Runtime | None = None, null_trained: bool = True):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
         if missing:
             raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
                                 f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
-        self.guider, self.networks, self.null_label = guider, networks, int(null_label)
+        self.guider, self.networks = guider, networks
+        self.null_label = None if null_label is None else int(null_label)
+        self.null_trained = bool(null_trained)
         self.batching, self.runtime = batching, runtime or Runtime()
         self.fast = {name: self.runtime.prepare(net) for name, net in networks.items() if net is not None}
         self.counts: Counter = Counter()  # rows through each network, classifier forward/backward rows
@@ -84,6 +88,21 @@ class GuidedDenoiser:
         if labels == "random":  # a uniformly random real class per image, from its own stream (ICG)
             return self.require_draws("random labels").randint(self.null_label).to(y.device)
         return labels(y)
+
+    def model_labels(self, labels: Labels, y: torch.Tensor) -> torch.Tensor | None:
+        """The labels of a denoising pass: None for an unconditional U-Net (its one mode is the "null" pass)."""
+        if self.null_label is None:
+            if labels != "null":
+                raise GuidanceError(f"guidance={self.guider.name} asks for class-conditional passes but the U-Net is "
+                                    "unconditional; set guidance.conditional=false (classifier guidance) or use a "
+                                    "class-conditional U-Net")
+            return None
+        if labels == "null" and not self.null_trained:
+            raise GuidanceError(f"guidance={self.guider.name} needs the U-Net's unconditional mode (the null label), "
+                                "which this U-Net never trained (an imported ADM release): use a strategy without "
+                                "an unconditional pass (classifier guidance with guidance.conditional=true, none), "
+                                "or ADM's unconditional release for unconditional sampling")
+        return self.labels(labels, y)
 
     def require_draws(self, what: str):
         if self.draws is None:
@@ -120,7 +139,7 @@ class GuidedDenoiser:
         k, c = len(evals), x.shape[1]
         net = self.networks[network] if perturbed else self.fast[network]
         t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
-        labels = [self.labels(e.labels, y) for e in evals]
+        labels = [self.model_labels(e.labels, y) for e in evals]
         with self.runtime.autocast(x.device):
             if k == 1 or self.batching_for(x.device) == "split":
                 out = torch.cat([net(x, t, ys) for ys in labels])
