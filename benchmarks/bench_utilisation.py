@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_utilisation                 # adm_tiny U-Net + tiny classifier, batch 250, this CPU
     python -m benchmarks.bench_utilisation --device cuda --batch 1024
+    python -m benchmarks.bench_utilisation --profile       # + where an eager bf16 forward spends its time
 
 FLOPs come from torch.utils.flop_counter (convolutions, matmuls, attention: the ops a roofline counts). Measured
 in the same run: a 2048x2048 matmul in fp32 and bf16 (the machine's attainable rate), the sampling forward
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--train-batch", type=int, default=128)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of an eager bf16 forward")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -79,6 +81,14 @@ def main() -> None:
         ips = n / s
         r = rate["fp32" if k == "fp32" else "bf16"]
         print(f"    {k:14s} {ips:8.0f} img/s  {fwd * ips / 1e9:7.1f} GFLOP/s  {fwd * ips / r:6.1%} of the {k[-4:]} matmul rate")
+
+    if args.profile:
+        from torch.profiler import profile
+
+        with torch.no_grad(), bf16, profile() as prof:
+            for _ in range(3):
+                unet(x, t, y)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
     m = args.train_batch
     xt, tt, yt = x[:m].clone(), t[:m].clone(), y[:m].clone()
