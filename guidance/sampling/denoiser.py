@@ -6,7 +6,7 @@ The guider lists the predictions it needs at this step (`Eval`: a denoising netw
 ∇_{x_t} log p_φ(labels | x_t)); the denoiser runs each network ONCE with every requested row stacked into one
 batch (or, with batching="split", one forward per request; "auto" follows the measured per-device policy of
 guidance.sampling.runtime), under the Runtime's precision, layout and compilation, hands the named predictions (in
-fp32) to the guider's `combine`, clips x̂0 if asked, and counts every network row and classifier pass as it happens.
+x's dtype, whatever the autocast) to the guider's `combine`, clips x̂0 if asked, and counts every network row and classifier pass as it happens.
 Samplers see only the result, so any guider works with any sampler.
 """
 
