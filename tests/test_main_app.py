@@ -177,3 +177,21 @@ def test_torchrun_main_job_equals_one_process(fake_fashion_mnist, tmp_path):
         ma, mb = (json.loads((f / "metrics.json").read_text())["extractors"]["evaluator"] for f in (a, b))
         assert ma["fid"] == mb["fid"] and ma["precision"] == mb["precision"]
     assert (tmp_path / "b" / "study" / "report" / "tradeoff.csv").is_file()
+
+
+def test_a_sweep_entry_may_name_its_own_sampler_and_an_unknown_one_is_one_line():
+    """Issue 12: the CPU study runs DPM-Solver++ but CFG++ (defined for DDIM and Euler) keeps DDIM 20."""
+    from hydra import compose, initialize_config_dir
+
+    from guidance.apps.common import CONF_DIR
+    from guidance.apps.main import sweep_points
+    from guidance.errors import GuidanceError
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("main")
+        points = {p["name"]: p for p in sweep_points(cfg)}
+        assert (points["cfgpp-cond-s0.4"]["sampler"], points["cfgpp-cond-s0.4"]["respacing"]) == ("ddim", "ddim20")
+        assert (points["cfg-cond-s1"]["sampler"], points["cfg-cond-s1"]["respacing"]) == ("dpmpp_2m", "ddim10")
+        bad = compose("main", overrides=["study.sweep=[{guidance: cfg, scales: [1], sampler: dpm3}]"])
+        with pytest.raises(GuidanceError, match="unknown sampler 'dpm3'"):
+            sweep_points(bad)
