@@ -100,3 +100,12 @@ def test_unperturbed_passes_use_the_prepared_network_and_perturbed_ones_the_eage
     den(x, y, step)
     assert den.fast["unet"].calls == [len(x)]  # the plain pass only
     assert den.counts["unet"] == 2 * len(x)    # both passes counted
+
+
+def test_compile_on_a_cpu_without_a_compiler_is_one_line(monkeypatch):
+    import guidance.sampling.runtime as rt
+
+    monkeypatch.setattr(rt.shutil, "which", lambda name: None)
+    with pytest.raises(GuidanceError, match="compile=true needs a C\\+\\+ compiler"):
+        Runtime.resolve(compile=True, device="cpu")
+    assert Runtime.resolve(compile=False, device="cpu").compile is False

@@ -12,6 +12,7 @@ benchmarks/README.md). The resolved choices are part of a point's sample_info: t
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import asdict, dataclass
 
 import torch
@@ -56,6 +57,9 @@ class Runtime:
         for key, value in (("channels_last", layout), ("compile", compile)):
             if not isinstance(value, bool):
                 raise GuidanceError(f"{key}={value!r} must be true or false" + (" or auto" if key == "channels_last" else ""))
+        if compile and torch.device(device).type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+            raise GuidanceError("compile=true needs a C++ compiler on CPUs (torch.compile builds C++ kernels): install "
+                                "g++ (apt-get install g++) or set compile=false (study.compile=false)")
         return cls(precision, layout, compile)
 
     def autocast(self, device: torch.device):
