@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from guidance.errors import GuidanceError, check_scale
+from guidance.errors import GuidanceError
 from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt
 
 TABLE = TableSpec("cfgpp", "CFG++ (Chung et al. 2024)", ("λ",), order=27, baseline_models=("conditional",),
