@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import build_guider, build_sampler, interleaved, load_networks, machine
 from guidance.device import resolve_device
+from guidance.engine import ClassifierGrad
 from guidance.sampling import GuidedDenoiser
-from guidance.sampling.denoiser import ClassifierGrad
 from guidance.sampling.rng import PerImageRNG
 
 STRATEGIES = ["none", "cfg", "classifier", "cfg_interval", "apg", "cfg_rescale", "cfg_zero", "icg", "tsg", "pag",

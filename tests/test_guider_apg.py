@@ -8,7 +8,8 @@ import torch
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
 from guidance.guiders import GUIDERS, AdaptiveProjectedGuidance, ClassifierFreeGuidance
-from guidance.sampling import BatchRNG, DDIMSampler, GuidedDenoiser, Step
+from guidance.engine import Step
+from guidance.sampling import BatchRNG, DDIMSampler, GuidedDenoiser
 from guidance.testbed import GaussianMixture, make_testbed
 
 BASE = create_diffusion(1000)

@@ -12,7 +12,8 @@ from guidance.errors import GuidanceError
 from guidance.guiders import (GUIDERS, CFGClassifierGuidance, CFGIntervalGuidance, ClassifierFreeGuidance,
                               ClassifierGuidance, NoGuidance, build_guider, cfg_w_to_classifier_scale,
                               cfg_w_to_guidance_scale, guidance_scale_to_cfg_w)
-from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler, GuidedDenoiser, HeunSampler, Step
+from guidance.engine import Step
+from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler, GuidedDenoiser, HeunSampler
 from guidance.sampling.grid import sigmas_of
 from guidance.testbed import GaussianMixture, make_testbed
 

@@ -8,7 +8,8 @@ from guidance.errors import GuidanceError
 from guidance.guiders import ClassifierFreeGuidance, ClassifierGuidance, NoGuidance
 from guidance.guiders.pag import PerturbedAttentionGuidance
 from guidance.nn import EncoderClassifier, UNet
-from guidance.sampling import GuidedDenoiser, Step
+from guidance.engine import Step
+from guidance.sampling import GuidedDenoiser
 from guidance.sampling.runtime import Runtime, auto_policy
 
 

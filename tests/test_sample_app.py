@@ -133,7 +133,7 @@ def test_experiment_presets_compose(ckpts):
     (["guidance=cfg", "guidance.scale=abc"], "must be a number"),
     (["guidance=classifier", "guidance.scale=-1"], ">= 0"),
     (["seed=-3"], "seed=-3 must be a non-negative integer"),  # issue 11: was a traceback
-    (["guidance=cfgpp", "sampler=heun"], "sampler=heun has no CFG"),
+    (["guidance=cfgpp", "sampler=heun"], "guidance=cfgpp needs renoise_eps"),
     (["guidance=autoguidance"], "needs the weak model: pass weak_ckpt=PATH"),
 ])
 def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):

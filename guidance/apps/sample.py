@@ -24,20 +24,20 @@ from omegaconf import DictConfig
 
 from guidance.apps.common import CONF_DIR, init_wandb, log_images, one_line_errors, to_container
 from guidance.diffusion import create_diffusion
+from guidance.engine import cost_per_sample
 from guidance.errors import GuidanceError, check_scale
 from guidance.io import sha256_file
 from guidance.sampling import LABEL_MODES, GuidedDenoiser
-from guidance.sampling.denoiser import cost_per_sample
 from guidance.sampling.runtime import Runtime
 from guidance.sampling.generate import finished_samples, generate_parts, merge_parts, save_samples
 from guidance.training import distributed
 from guidance.training.checkpoint import load_snapshot
 
 # sample_info fields that decide whether an existing samples.npz can be reused (batch size and device do not
-# change the samples: per-image seeds).
+# change the samples: per-image seeds). x0_clip: CFG++ points sampled while it still clipped are not reused.
 MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
               "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine",
-              "runtime")
+              "runtime", "x0_clip")
 ENGINE = 2  # samples of another engine version are never reused as new
 
 
@@ -142,7 +142,6 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     base = create_diffusion(**{k: v for k, v in unet_meta["diffusion_config"].items()
                                if k not in ("_target_", "timestep_respacing")})
     sampler = build(cfg.sampler, diffusion=base)
-    guider.check_sampler(sampler)
     runtime = Runtime.resolve(cfg.precision, cfg.channels_last, cfg.compile, env.device)
     null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,

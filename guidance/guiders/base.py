@@ -5,7 +5,9 @@
     reset(batch_size)                                # start of a chain: drop per-chain state (e.g. momentum)
 
 A guider never calls a network, never knows the sampler, and asks only for passes that have an effect (w = 0
-asks for the conditional pass alone), so the denoiser's counters are the strategy's true cost. Scales keep their
+asks for the conditional pass alone), so the denoiser's counters are the strategy's true cost. A strategy that
+relies on a sampler's form states it as data, `needs` (guidance.engine.capabilities); Sampler.sample checks it.
+The contract types (Step, Prediction, Eval, ClassifierGrad) are guidance.engine's, re-exported here for strategies. Scales keep their
 papers' units: ADM's s, Ho & Salimans' w. For the report, `describe(info)` says which table a point belongs in,
 its key cells and its curve; report/ knows no strategy by name.
 """
@@ -14,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from guidance.engine import ClassifierGrad, Eval, Prediction, Step
 from guidance.errors import check_scale  # noqa: F401 (re-exported for the strategies)
-from guidance.sampling.denoiser import ClassifierGrad, Eval
-from guidance.sampling.prediction import Prediction, Step
 
 __all__ = ["Guider", "TableSpec", "Description", "check_scale", "Eval", "ClassifierGrad", "Prediction", "Step"]
 
@@ -60,6 +61,7 @@ class Guider:
 
     name = "base"
     networks: tuple[str, ...] = ("unet",)    # the networks the denoiser must hold for this strategy
+    needs: frozenset[str] = frozenset()      # sampler capabilities it relies on (guidance.engine.capabilities)
 
     def __init__(self, scale: float = 0.0, conditional: bool = True):
         self.scale = check_scale(scale, "guidance.scale")
@@ -77,9 +79,6 @@ class Guider:
         """The combined prediction as the sampler gets it: x̂0 clipped to [-1, 1] when the sampler asks
         (ADM's clip_denoised); dynamic thresholding overrides this."""
         return pred.clipped(x, step) if clip else pred
-
-    def check_sampler(self, sampler) -> None:
-        """Refuse (GuidanceError) a sampler this strategy has no stated form for; every sampler by default."""
 
     def requests(self, step: Step) -> list:
         raise NotImplementedError

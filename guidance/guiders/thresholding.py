@@ -35,13 +35,10 @@ class DynamicThresholding(Guider):
         self.inner, self.percentile = inner, float(percentile)
         if not 0.0 < self.percentile <= 1.0:
             raise GuidanceError(f"guidance.percentile must be in (0, 1] (Imagen uses 0.995), got {percentile}")
-        self.networks = inner.networks
+        self.networks, self.needs = inner.networks, inner.needs
 
     def reset(self, batch_size, rng=None):
         self.inner.reset(batch_size, rng)
-
-    def check_sampler(self, sampler):
-        self.inner.check_sampler(sampler)
 
     def requests(self, step):
         return self.inner.requests(step)

@@ -2,7 +2,8 @@
 
 Samplers never call a network: they ask a guided denoiser (guidance.sampling.denoiser) for the prediction at a
 Step and get ε / x̂0 (and a classifier gradient term to apply in their own form). Every sampler starts from
-x ~ N(0, I) at its first (noisiest) timestep, ADM's prior.
+x ~ N(0, I) at its first (noisiest) timestep, ADM's prior. A sampler states what its update does with a
+Prediction as `capabilities` (guidance.engine.capabilities); `sample` refuses a strategy that needs one it lacks.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from guidance.diffusion import GaussianDiffusion, respace_betas
+from guidance.engine import Step, check_capabilities
 from guidance.errors import GuidanceError
 from guidance.sampling.grid import kept_timesteps, sigmas_of, snap_to_timestep
-from guidance.sampling.prediction import Step
 
 
 class Sampler:
@@ -41,6 +42,12 @@ class Sampler:
         self.diffusion = diffusion  # the chain's own (respaced) process: DDPM's posterior and variances
         self.respacing = "" if respacing is None else str(respacing)
         self.clip_denoised = bool(clip_denoised)
+
+    @property
+    def capabilities(self) -> frozenset:
+        """What this sampler's update does with a Prediction (guidance.engine.capabilities); subclasses state theirs,
+        depending on their parameters where those change the form."""
+        return frozenset()
 
     @property
     def steps(self) -> int:
@@ -75,9 +82,32 @@ class Sampler:
     @torch.no_grad()
     def sample(self, denoiser, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
         """shape = [B, C, H, W]; y = target labels [B]; rng = PerImageRNG (or anything with randn(shape))."""
+        self.check_strategy(denoiser)
         x = check_inputs(shape, y, rng)
         denoiser.reset(len(y), rng)
         return self.run(denoiser, x, y, rng, progress)
+
+
+    def check_strategy(self, denoiser) -> None:
+        """Refuse (one line) a strategy that needs a capability this sampler lacks, naming the samplers that offer
+        it at their defaults."""
+        needs = denoiser.needs
+        if not needs <= self.capabilities:
+            check_capabilities(denoiser.guider.name, needs, self.label, self.capabilities, self.offering(needs))
+
+    def offering(self, needs: frozenset) -> str:
+        """The registered samplers that offer `needs` at their default settings, by label (e.g. "ddim eta=0")."""
+        from guidance.sampling import SAMPLERS  # the registry imports this module
+
+        labels = []
+        for cls in SAMPLERS.values():
+            try:
+                other = cls(self.diffusion, respacing=None)  # on this chain's own (respaced) process
+            except (GuidanceError, TypeError):  # a sampler that needs more than the schedule: not a hint
+                continue
+            if needs <= other.capabilities:
+                labels.append(other.label)
+        return ", ".join(labels)
 
 
 def check_inputs(shape, y, rng) -> torch.Tensor:

@@ -4,12 +4,15 @@
 x_{t−1} = sqrt(ᾱ_{t−1}) x̂0 + sqrt(1 − ᾱ_{t−1} − σ_t²) ε + σ_t z
 A classifier term acts on ε (ADM Alg. 2): x̂0 is re-derived from the guided ε and NOT clipped again, exactly as
 ADM's ddim_sample. η = 0 is deterministic, η = 1 matches DDPM's β̃ variance.
+Capabilities: GRAD_IN_EPS; RENOISE_EPS at η = 0 (x̂0 re-noised with the prediction's renoise_eps alone: CFG++'s
+Alg. 1; with η > 0 the fresh noise σ_t z has no form in CFG++'s paper).
 """
 
 from __future__ import annotations
 
 import math
 
+from guidance.engine import GRAD_IN_EPS, RENOISE_EPS
 from guidance.errors import GuidanceError, check_scale
 from guidance.sampling.base import Sampler
 
@@ -23,6 +26,10 @@ class DDIMSampler(Sampler):
         if self.eta > 1:  # 1 − ᾱ_{t−1} − σ² turns negative: ADM's update is undefined there
             raise GuidanceError(f"sampler.eta={eta} must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance)")
         self.label = f"ddim eta={self.eta:g}"
+
+    @property
+    def capabilities(self):
+        return frozenset({GRAD_IN_EPS} | ({RENOISE_EPS} if self.eta == 0 else set()))
 
     def info(self):
         return {**super().info(), "eta": self.eta}

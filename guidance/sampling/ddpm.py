@@ -2,18 +2,20 @@
 
 x_{t−1} = μ(x_t, x̂0) + Σ·grad + σ_t z: μ is the posterior mean at the (clipped) x̂0, Σ the model's variance
 (fixed, or learned-range from the prediction's v), grad the guider's classifier term s∇log p (ADM Alg. 1);
-no noise at the last step.
+no noise at the last step. Capabilities: GRAD_IN_MEAN (it re-noises with fresh noise, never with a given ε).
 """
 
 from __future__ import annotations
 
 import torch
 
+from guidance.engine import GRAD_IN_MEAN
 from guidance.sampling.base import Sampler
 
 
 class DDPMSampler(Sampler):
     name = label = "ddpm"
+    capabilities = frozenset({GRAD_IN_MEAN})
 
     def step(self, denoiser, x, i: int, y, rng):
         d, step = self.diffusion, self.step_at(i)

@@ -2,6 +2,7 @@
 
     pred = denoiser(x, y, step)      # networks + one guider + counters
 
+The contract types (Step, Prediction, Eval, ClassifierGrad, cost_per_sample) live in guidance.engine.
 The guider lists the predictions it needs at this step (`Eval`: a denoising network at some labels; `ClassifierGrad`:
 ∇_{x_t} log p_φ(labels | x_t)); the denoiser runs each network ONCE with every requested row stacked into one
 batch (or, with batching="split", one forward per request; "auto" follows the measured per-device policy of
@@ -13,39 +14,15 @@ Samplers see only the result, so any guider works with any sampler.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 
+from guidance.engine import ClassifierGrad, Eval, Labels, Prediction, Step, cost_per_sample
 from guidance.errors import GuidanceError
-from guidance.sampling.prediction import Prediction, Step
 from guidance.sampling.runtime import Runtime, auto_policy
 
-Labels = Union[str, Callable[[torch.Tensor], torch.Tensor]]  # "target", "null", "random", or y -> labels
 STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
-
-
-@dataclass(frozen=True)
-class Eval:
-    """Request: a denoising network's prediction at the batch's x, at `labels`. `perturb`: a hashable object whose
-    `applied(network, denoiser)` is a context manager changing the network for this pass only (PAG's identity attention,
-    TSG's perturbed time embedding), given (network, denoiser); perturbed rows never share a forward with others."""
-
-    name: str
-    labels: Labels = "target"
-    network: str = "unet"
-    perturb: object | None = None
-
-
-@dataclass(frozen=True)
-class ClassifierGrad:
-    """Request: ∇_{x_t} log p_φ(labels | x_t) of a noise-aware classifier (ADM Alg. 1/2), unscaled."""
-
-    name: str
-    labels: Labels = "target"
-    network: str = "classifier"
 
 
 class GuidedDenoiser:
@@ -79,6 +56,11 @@ class GuidedDenoiser:
         self.images += int(batch_size)
         self.draws = rng.stream(STRATEGY_STREAM) if rng is not None and hasattr(rng, "stream") else None
         self.guider.reset(int(batch_size), rng)
+
+    @property
+    def needs(self) -> frozenset:
+        """The sampler capabilities its strategy relies on (guidance.engine.capabilities), checked by Sampler.sample."""
+        return frozenset(getattr(self.guider, "needs", ()))
 
     def labels(self, labels: Labels, y: torch.Tensor) -> torch.Tensor:
         if labels == "target":
@@ -172,14 +154,3 @@ class GuidedDenoiser:
     def cost_per_sample(self) -> dict[str, float]:
         return cost_per_sample(self.counts, self.images)
 
-
-def cost_per_sample(counts: dict, images: int) -> dict[str, float]:
-    """Counted work per image: `nfe` (rows through every denoising network), classifier passes, and
-    `nfe_<network>` for each denoising network other than the U-Net."""
-    n = max(images, 1)
-    denoisers = [k for k in counts if not k.endswith(("_forward", "_backward")) and k != "images"]
-    out = {"nfe": sum(counts[k] for k in denoisers) / n,
-           "classifier_forward": counts.get("classifier_forward", 0) / n,
-           "classifier_backward": counts.get("classifier_backward", 0) / n}
-    out.update({f"nfe_{k}": counts[k] / n for k in denoisers if k != "unet"})
-    return out

@@ -4,7 +4,8 @@ With λ = −log σ (σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), the scaled variable x̃ =
     x̃_{i+1} = (σ_{i+1}/σ_i) x̃_i − (e^{−h_i} − 1) D_i
     D_i = x̂0_i on the first step,  (1 + 1/(2 r_i)) x̂0_i − 1/(2 r_i) x̂0_{i−1} after it,  r_i = h_{i−1}/h_i.
 The last step goes to σ = 0 (h = ∞) and is first order: x_0 = x̂0 (as k-diffusion's dpmpp_2m). One denoiser
-evaluation per step; a classifier term enters through ε (ADM Alg. 2).
+evaluation per step; a classifier term enters through ε (ADM Alg. 2). Capabilities: GRAD_IN_EPS (a multistep
+update of x̂0's, with no re-noising ε of its own).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import math
 
 from tqdm.auto import tqdm
 
+from guidance.engine import GRAD_IN_EPS
 from guidance.sampling.base import Sampler
 
 
 class DPMSolverPP2MSampler(Sampler):
     name = label = "dpmpp_2m"
+    capabilities = frozenset({GRAD_IN_EPS})
 
     def __init__(self, diffusion, respacing="ddim20", clip_denoised: bool = True, **grid):
         super().__init__(diffusion, respacing, clip_denoised, **grid)

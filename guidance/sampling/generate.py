@@ -53,6 +53,7 @@ def generate_parts(sampler, denoiser, shape, num_samples: int, seed: int, num_cl
     """Sample this rank's batches (every `world`-th, from `rank`) into parts_dir, one file per batch with the
     network passes it cost; batches already there are skipped, so a killed run loses one batch, not the point.
     Returns how many batches this call sampled."""
+    sampler.check_strategy(denoiser)  # Sampler.sample checks it too; here before any folder is made
     parts_dir.mkdir(parents=True, exist_ok=True)
     mine = batch_ranges(num_samples, batch_size)[rank::world]
     done = 0

@@ -8,6 +8,8 @@ Churn (EDM Alg. 2): γ_i = min(s_churn / N, sqrt(2) − 1) for s_tmin <= σ_i <=
 σ̂ = σ_i (1 + γ_i) snapped to a trained timestep (grid.py; kept only if above t_i), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z,
 N the chain's step count after merging. Both evaluations of a step carry the step's index and σ_i (prediction.Step).
 Euler without churn is DDIM with η = 0 on the same timesteps (both are exact Euler steps of this ODE).
+Capabilities: GRAD_IN_EPS; RENOISE_EPS for Euler without churn (x̃_{i+1} = x̂0 + σ_{i+1} ε', CFG++'s Euler form);
+churn and Heun's correction have no such form.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
+from guidance.engine import GRAD_IN_EPS, RENOISE_EPS, Step
 from guidance.errors import GuidanceError
 from guidance.sampling.base import Sampler
-from guidance.sampling.prediction import Step
 
 
 class EulerSampler(Sampler):
@@ -34,6 +36,11 @@ class EulerSampler(Sampler):
         if self.s_churn < 0 or self.s_noise <= 0:
             raise GuidanceError(f"{self.name}: s_churn must be >= 0 and s_noise > 0, got {s_churn}, {s_noise}")
         self.label = self.name + (f" churn={self.s_churn:g}" if self.s_churn else "")
+
+    @property
+    def capabilities(self):
+        exact = self.s_churn == 0 and not self.second_order
+        return frozenset({GRAD_IN_EPS} | ({RENOISE_EPS} if exact else set()))
 
     def info(self):
         return {**super().info(), "s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax,

@@ -1,4 +1,4 @@
-"""What a sampler gets from the guided denoiser: the step it asked about and the prediction at that step.
+"""The step a sampler asks the guided denoiser about, and the prediction it gets back.
 
 The VP model: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε (DDPM eq. 4). EDM's view of the same model uses the scaled
 variable x_t / sqrt(ᾱ_t) = x_0 + σ ε with σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) (Karras et al. 2022, sec. 2 and App. C.2).
@@ -50,7 +50,8 @@ class Prediction:
     grad:  s ∇_{x_t} log p_φ(y | x_t), already scaled, for classifier-based strategies: an ancestral sampler
            adds Σ·grad to its mean (ADM Alg. 1), every other sampler calls `eps_form` (ADM Alg. 2).
     renoise_eps: the ε a deterministic step re-noises x̂0 with, when it is not `eps` (CFG++: the unconditional
-           ε, Chung et al. 2024); None for every other strategy. Only samplers that state this form accept it.
+           ε, Chung et al. 2024); None for every other strategy. A strategy that sets it needs a sampler with the
+           capability RENOISE_EPS (guidance.engine.capabilities).
     """
 
     eps: torch.Tensor
