@@ -87,11 +87,10 @@ class Sampler:
         denoiser.reset(len(y), rng)
         return self.run(denoiser, x, y, rng, progress)
 
-
     def check_strategy(self, denoiser) -> None:
         """Refuse (one line) a strategy that needs a capability this sampler lacks, naming the samplers that offer
         it at their defaults."""
-        needs = denoiser.needs
+        needs = getattr(denoiser, "needs", frozenset())  # a GuidedDenoiser's: its strategy's
         if not needs <= self.capabilities:
             check_capabilities(denoiser.guider.name, needs, self.label, self.capabilities, self.offering(needs))
 

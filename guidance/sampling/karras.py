@@ -6,7 +6,7 @@ x_t = x̃ / sqrt(1 + σ²) at an original timestep; a classifier term enters thr
 
 Churn (EDM Alg. 2): γ_i = min(s_churn / N, sqrt(2) − 1) for s_tmin <= σ_i <= s_tmax, else 0;
 σ̂ = σ_i (1 + γ_i) snapped to a trained timestep (grid.py; kept only if above t_i), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z,
-N the chain's step count after merging. Both evaluations of a step carry the step's index and σ_i (prediction.Step).
+N the chain's step count after merging. Both evaluations of a step carry the step's index and σ_i (guidance.engine.Step).
 Euler without churn is DDIM with η = 0 on the same timesteps (both are exact Euler steps of this ODE).
 Capabilities: GRAD_IN_EPS; RENOISE_EPS for Euler without churn (x̃_{i+1} = x̂0 + σ_{i+1} ε', CFG++'s Euler form);
 churn and Heun's correction have no such form.
