@@ -76,6 +76,8 @@ class Sampler:
     def sample(self, denoiser, shape: Sequence[int], y: torch.Tensor, rng, progress: bool = False) -> torch.Tensor:
         """shape = [B, C, H, W]; y = target labels [B]; rng = PerImageRNG (or anything with randn(shape))."""
         x = check_inputs(shape, y, rng)
+        if hasattr(denoiser, "guider"):  # the strategy's needs and settings against this chain, before any work
+            denoiser.guider.check_sampler(self)
         denoiser.reset(len(y), rng)
         return self.run(denoiser, x, y, rng, progress)
 
