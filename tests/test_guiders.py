@@ -9,8 +9,8 @@ import torch
 
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
-from guidance.guiders import (GUIDERS, CFGClassifierGuidance, CFGIntervalGuidance, ClassifierFreeGuidance,
-                              ClassifierGuidance, NoGuidance, build_guider, cfg_w_to_classifier_scale,
+from guidance.guiders import (GUIDERS, PRESETS, CFGClassifierGuidance, ClassifierFreeGuidance,
+                              ClassifierGuidance, NoGuidance, build_guider, cfg_w_to_classifier_scale, describe_point,
                               cfg_w_to_guidance_scale, guidance_scale_to_cfg_w)
 from guidance.engine import Step
 from guidance.sampling import BatchRNG, DDIMSampler, DDPMSampler, GuidedDenoiser, HeunSampler
@@ -64,7 +64,7 @@ def exact_eps(bed, x, y, step, null=False):
 
 
 def test_registry_and_counted_costs(bed):
-    assert set(GUIDERS) >= {"none", "classifier", "cfg", "cfg_classifier", "cfg_interval"}
+    assert set(GUIDERS) >= {"none", "classifier", "cfg", "cfg_classifier"} and "cfg_interval" in PRESETS
     x, y, step = noisy_batch(16, t=300)
     cases = [(build_guider("none"), 1, 0), (build_guider("cfg", scale=0), 1, 0), (build_guider("cfg", scale=2), 2, 0),
              (build_guider("classifier", scale=1), 1, 1), (build_guider("classifier", scale=0), 1, 0),
@@ -221,7 +221,7 @@ def test_larger_scale_moves_samples_toward_the_class_mode(strategy):
 
 def test_cfg_interval_is_cfg_inside_and_conditional_outside(bed):
     lo, hi = float(SIG[200]), float(SIG[600])  # (σ(200), σ(600)]: t = 200 is outside, t = 600 inside
-    g = CFGIntervalGuidance(2.0, sigma_lo=lo, sigma_hi=hi)
+    g = build_guider("cfg_interval", scale=2.0, sigma_lo=lo, sigma_hi=hi)
     for t, inside in [(0, False), (199, False), (200, False), (201, True), (400, True), (600, True), (601, False),
                       (999, False)]:
         x, y, step = noisy_batch(64, t=t)
@@ -230,13 +230,13 @@ def test_cfg_interval_is_cfg_inside_and_conditional_outside(bed):
         ref = den(bed, ClassifierFreeGuidance(2.0) if inside else NoGuidance())(x, y, step)
         assert torch.equal(pred.eps, ref.eps) and d.networks["unet"].calls == [128 if inside else 64], t
     x, y, step = noisy_batch(64, t=400)
-    assert torch.equal(den(bed, CFGIntervalGuidance(0.0))(x, y, step).eps, den(bed, NoGuidance())(x, y, step).eps)
+    assert torch.equal(den(bed, build_guider("cfg_interval", scale=0.0))(x, y, step).eps, den(bed, NoGuidance())(x, y, step).eps)
 
 
 def test_cfg_interval_covered_steps_and_counted_cost(bed):
     g = build_guider("cfg_interval", scale=1.5, sigma_lo=float(SIG[150]), sigma_hi=float(SIG[600]))
     s = DDIMSampler(BASE, "ddim10", clip_denoised=False)
-    covered = g.covered_steps(s)
+    covered = g.covered_steps(s.evaluation_steps())
     assert [t for t, _, _ in covered] == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
     assert [t for t, _, inside in covered if inside] == [600, 500, 400, 300, 200]
     d = den(bed, g)
@@ -245,19 +245,19 @@ def test_cfg_interval_covered_steps_and_counted_cost(bed):
     h = HeunSampler(BASE, "edm10")  # a 2nd-order sampler: its second evaluations are listed (and counted) too
     d = den(bed, g)
     h.sample(d, (4, 2, 1, 1), torch.arange(4) % K, BatchRNG(0, 4))
-    cov = g.covered_steps(h)
+    cov = g.covered_steps(h.evaluation_steps())
     assert len(cov) == 2 * h.steps - 1 and d.cost_per_sample()["nfe"] == len(cov) + sum(c[2] for c in cov)
 
 
 @pytest.mark.parametrize("lo,hi", [(5.0, 1.0), (-1, 5), (1.0, 1.0), (float("nan"), 5), ("a", 5)])
 def test_cfg_interval_bad_interval_is_one_line_guidance_error(lo, hi):
     with pytest.raises(GuidanceError) as e:
-        CFGIntervalGuidance(1.0, sigma_lo=lo, sigma_hi=hi)
+        build_guider("cfg_interval", scale=1.0, sigma_lo=lo, sigma_hi=hi)
     assert "\n" not in str(e.value)
 
 
 def test_guiders_describe_their_report_rows():
-    d = GUIDERS["cfg_interval"].describe({"strategy": "cfg_interval", "scale": 2.0, "sigma_lo": 0.0, "sigma_hi": 6.2})
+    d = describe_point({"strategy": "cfg_interval", "scale": 2.0, "sigma_lo": 0.0, "sigma_hi": 6.2})
     assert d.table.kind == "cfg_interval" and d.cells == ("2", "(0, 6.2]") and d.x == 2.0 and d.x_symbol == "w"
     d = GUIDERS["classifier"].describe({"strategy": "classifier", "scale": 0.0, "conditional": False})
     assert d.cells == ("unconditional", "classifier", "0") and d.unguided and d.table.classifier_cost
@@ -270,8 +270,8 @@ def test_cfg_interval_decides_per_step_under_heun(bed):
     which switches by step index."""
     h = HeunSampler(BASE, "edm12")
     sig = [h.step_at(i).sigma for i in range(h.steps)]
-    g = CFGIntervalGuidance(2.0, sigma_lo=sig[8], sigma_hi=sig[4])  # steps 4..7 guided: σ_i in (σ_8, σ_4]
-    cov = g.covered_steps(h)
+    g = build_guider("cfg_interval", scale=2.0, sigma_lo=sig[8], sigma_hi=sig[4])  # steps 4..7 guided: σ_i in (σ_8, σ_4]
+    cov = g.covered_steps(h.evaluation_steps())
     first = [c for k, c in enumerate(cov) if k % 2 == 0]
     second = [c for k, c in enumerate(cov) if k % 2 == 1]
     assert [c[2] for c in first] == [4 <= i <= 7 for i in range(h.steps)]

@@ -11,7 +11,7 @@ from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
 from guidance.guiders import (GUIDERS, Autoguidance, CFGPlusPlus, CFGZeroStar, ClassifierFreeGuidance,
                               ClassifierGuidance, DynamicThresholding, IndependentConditionGuidance, NoGuidance,
-                              PerturbedAttentionGuidance, RescaledCFG, ScheduledCFG, ScheduledClassifier,
+                              PerturbedAttentionGuidance, RescaledCFG, PRESETS,
                               TimeStepGuidance)
 from guidance.guiders.schedules import WeightSchedule
 from guidance.guiders.thresholding import dynamic_threshold
@@ -59,30 +59,34 @@ def run(guider, x, y, step, nets=NETS, rng=None):
     ("interval", lambda w, u, s: w if 0.5 < s <= 3.0 else 0.0)])
 def test_cfg_schedule_is_cfg_at_the_scheduled_weight(shape, expected):
     w, n = 2.0, 8
-    g = ScheduledCFG(w, shape, clamp=1.0, start=0.25, end=0.75, sigma_lo=0.5, sigma_hi=3.0)
+    g = ClassifierFreeGuidance(w, schedule=shape, clamp=1.0, start=0.25, end=0.75, sigma_lo=0.5, sigma_hi=3.0)
     for i, t in enumerate([900, 700, 500, 400, 300, 200, 100, 10]):
         x, y, step = batch(t=t, index=i, count=n)
-        w_i = expected(w, (i + 1) / n, step.sigma)
+        u = (i + 1) / n if shape == "step" else (i + 0.5) / n  # the window: done after step i; shapes: its middle
+        w_i = expected(w, u, step.sigma)
         pred, den = run(g, x, y, step)
         want = (1 + w_i) * eps(x, y, step) - w_i * eps(x, y, step, torch.full_like(y, K))
         torch.testing.assert_close(pred.eps, want, rtol=1e-5, atol=1e-6)
         assert den.counts["unet"] == (2 if w_i != 0 else 1) * len(x)  # no null pass where the weight is 0
 
 
-def test_linear_and_cosine_average_to_w_and_constant_is_cfg():
-    n, w = 50, 3.0
-    steps = [Step(999 - 20 * i, float(BASE.alphas_cumprod[999 - 20 * i]), i, n) for i in range(n)]
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 50])
+def test_linear_and_cosine_average_to_exactly_w_and_constant_is_cfg(n):
+    """Wang et al.'s schedules keep w's meaning on average: Σ 2(i + ½)/n = n and Σ cos(π(i + ½)/n) = 0 exactly
+    (u = (i + 1)/n averaged w(1 + 1/n): 10% high at 10 steps)."""
+    w = 3.0
+    steps = [Step(999 - 10 * i, float(BASE.alphas_cumprod[999 - 10 * i]), i, n) for i in range(n)]
     for shape in ("linear", "cosine"):
         mean = sum(WeightSchedule(shape).scale_at(w, s) for s in steps) / n
-        assert abs(mean - w) < 0.07 * w
+        assert mean == pytest.approx(w, rel=1e-12, abs=1e-12), shape
     x, y, step = batch()
-    a, _ = run(ScheduledCFG(w, "constant"), x, y, step)
+    a, _ = run(ClassifierFreeGuidance(w, schedule="constant"), x, y, step)
     b, _ = run(ClassifierFreeGuidance(w), x, y, step)
     assert torch.equal(a.eps, b.eps)
 
 
 def test_classifier_in_an_interval_is_adm_inside_and_unguided_outside():
-    g = ScheduledClassifier(2.0, schedule="interval", sigma_lo=0.0, sigma_hi=1.0)
+    g = ClassifierGuidance(2.0, preset="classifier_schedule", schedule="interval", sigma_lo=0.0, sigma_hi=1.0)
     inside, outside = batch(t=200), batch(t=700)
     assert inside[2].sigma <= 1.0 < outside[2].sigma
     pred, den = run(g, *inside)
@@ -91,7 +95,7 @@ def test_classifier_in_an_interval_is_adm_inside_and_unguided_outside():
     pred, den = run(g, *outside)
     assert pred.grad is None and den.counts["classifier_forward"] == 0
     with pytest.raises(GuidanceError, match="schedule"):
-        ScheduledCFG(1.0, "exponential")
+        ClassifierFreeGuidance(1.0, schedule="exponential")
 
 
 # ------------------------------------------------------------------------------------------- rescale
@@ -330,7 +334,7 @@ def test_tsg_by_hand_and_neutral(unet):
     assert den.counts["unet"] == 8
     neutral, den = run(TimeStepGuidance(w, noise_scale=0.0), x, y, step, {"unet": unet}, rng)
     assert torch.equal(neutral.eps, base) and den.counts["unet"] == 4
-    outside, den = run(TimeStepGuidance(w, t_min=600), x, y, step, {"unet": unet}, rng)
+    outside, den = run(TimeStepGuidance(w, schedule="interval", sigma_hi=step.sigma / 2), x, y, step, {"unet": unet}, rng)
     assert torch.equal(outside.eps, base) and den.counts["unet"] == 4
 
 
@@ -338,7 +342,7 @@ def test_every_strategy_is_registered_with_a_config():
     from pathlib import Path
 
     from guidance.apps.common import CONF_DIR
-    assert {p.stem for p in (Path(CONF_DIR) / "guidance").glob("*.yaml")} == set(GUIDERS)
+    assert {p.stem for p in (Path(CONF_DIR) / "guidance").glob("*.yaml")} == set(GUIDERS) | set(PRESETS)
 
 
 def test_cfgpp_ddim_step_is_cfg_at_a_step_dependent_scale():

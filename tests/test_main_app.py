@@ -62,10 +62,10 @@ def test_main_job_rejects_a_scale_on_the_unguided_strategy(fake_fashion_mnist, t
 def test_main_job_names_an_unknown_strategy_in_one_line(fake_fashion_mnist, tmp_path):
     res = _run_main(tmp_path, fake_fashion_mnist.root, "study.sweep=[{guidance: magic, scales: [1]}]")
     assert res.returncode == 2
-    from guidance.guiders import GUIDERS
+    from guidance.guiders import GUIDERS, PRESETS
 
     assert res.stderr.strip().splitlines()[-1] == ("error: study.sweep: unknown guidance 'magic' "
-                                                   f"(strategies: {', '.join(sorted(GUIDERS))})")
+                                                   f"(strategies: {', '.join(sorted(GUIDERS | PRESETS))})")
 
 
 def test_shipped_snapshots_are_not_reused_for_another_architecture(fake_fashion_mnist, tmp_path):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from guidance.apps.common import CONF_DIR, one_line_errors
 from guidance.errors import GuidanceError
-from guidance.guiders import GUIDERS
+from guidance.guiders import GUIDERS, PRESETS
 from guidance.training import distributed
 
 REPO_ROOT = Path(CONF_DIR).resolve().parent
@@ -132,7 +132,7 @@ def _guidance_node(name: str) -> DictConfig:
     try:
         return compose(config_name="sample", overrides=[f"guidance={name}"]).guidance
     except HydraException as e:
-        raise GuidanceError(f"study.sweep: unknown guidance '{name}' (strategies: {', '.join(sorted(GUIDERS))})") from e
+        raise GuidanceError(f"study.sweep: unknown guidance '{name}' (strategies: {', '.join(sorted(GUIDERS | PRESETS))})") from e
 
 
 def _check_sampler(name: str) -> None:

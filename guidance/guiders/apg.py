@@ -29,20 +29,26 @@ class AdaptiveProjectedGuidance(Guider):
     name = "apg"
 
     def __init__(self, scale: float = 1.0, eta: float = 0.0, norm_threshold: float | None = None,
-                 momentum: float = 0.0):
-        super().__init__(scale=scale, conditional=True)
+                 momentum: float = 0.0, **schedule):
+        super().__init__(scale=scale, conditional=True, **schedule)
         self.eta = check_scale(eta, "guidance.eta")
         self.norm_threshold = None if norm_threshold is None else check_scale(norm_threshold, "guidance.norm_threshold")
         self.momentum = check_scale(momentum, "guidance.momentum", allow_negative=True)
         if self.norm_threshold == 0:
             raise GuidanceError("guidance.norm_threshold must be > 0, or null for no threshold")
+        if self.eta > 1:  # Alg. 1 down-weights the parallel part: η = 1 is CFG's, beyond it is not APG
+            raise GuidanceError(f"guidance.eta={eta} must be in [0, 1] (APG's weight of the parallel part; 0 as the "
+                                "paper recommends, 1 = CFG)")
+        if not -1 < self.momentum < 1:  # Δ_i = Δ + β Δ_{i−1} sums β^k: |β| >= 1 never forgets (grows without bound)
+            raise GuidanceError(f"guidance.momentum={momentum} must be in (-1, 1) (the paper's reverse momentum is "
+                                "negative, e.g. -0.5; 0 = off)")
         self.running = None
 
     def reset(self, batch_size, rng=None):
         self.running = None  # momentum belongs to one chain
 
     def requests(self, step):
-        return [Eval("cond")] + ([Eval("uncond", labels="null")] if self.scale != 0 else [])
+        return [Eval("cond")] + ([Eval("uncond", labels="null")] if self.scale_at(step) != 0 else [])
 
     def combine(self, preds, x, step):
         cond = preds["cond"]
@@ -58,7 +64,7 @@ class AdaptiveProjectedGuidance(Guider):
         c = cond.x0.double()
         parallel = per_image_dot(diff, c) / per_image_dot(c, c).clamp_min(1e-12) * c
         update = (diff - parallel) + self.eta * parallel
-        return Prediction.from_x0(x, step, (c + self.scale * update).to(x.dtype), cond.var_v)
+        return Prediction.from_x0(x, step, (c + self.scale_at(step) * update).to(x.dtype), cond.var_v)
 
     def info(self):
         return {**super().info(), "eta": self.eta, "norm_threshold": self.norm_threshold, "momentum": self.momentum}

@@ -11,7 +11,7 @@ make the x̂0 and ε combinations identical. Neutral settings: w = 0, or weak = 
 
 from __future__ import annotations
 
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
 
 TABLE = TableSpec("autoguidance", "Autoguidance (Karras et al. 2024)", ("Model", "w"), order=55,
                   baseline_models=("conditional", "unconditional"), baseline_cells=("{model}", "0"))
@@ -21,18 +21,18 @@ class Autoguidance(Guider):
     name = "autoguidance"
     networks = ("unet", "weak")
 
-    def __init__(self, scale: float = 1.0, conditional: bool = True):
-        super().__init__(scale=scale, conditional=conditional)
+    def __init__(self, scale: float = 1.0, conditional: bool = True, **schedule):
+        super().__init__(scale=scale, conditional=conditional, **schedule)
 
     def requests(self, step):
         main = [Eval("main", labels=self.model_labels)]
-        return main + ([Eval("weak", labels=self.model_labels, network="weak")] if self.scale != 0 else [])
+        return main + ([Eval("weak", labels=self.model_labels, network="weak")] if self.scale_at(step) != 0 else [])
 
     def combine(self, preds, x, step):
         main = preds["main"]
         if "weak" not in preds:
             return main
-        x0 = main.x0 + self.scale * (main.x0 - preds["weak"].x0)
+        x0 = extrapolate(main.x0, preds["weak"].x0, self.scale_at(step))
         return Prediction.from_x0(x, step, x0, main.var_v)
 
     @classmethod

@@ -10,6 +10,17 @@ relies on a sampler's form states it as data, `needs` (guidance.engine.capabilit
 The contract types (Step, Prediction, Eval, ClassifierGrad) are guidance.engine's, re-exported here for strategies. Scales keep their
 papers' units: ADM's s, Ho & Salimans' w. For the report, `describe(info)` says which table a point belongs in,
 its key cells and its curve; report/ knows no strategy by name.
+
+Two things every strategy shares live here, so that no strategy re-derives them:
+- `extrapolate(main, reference, w)` = main + w (main − reference): CFG (main = conditional, reference =
+  unconditional), autoguidance (weak network), PAG / TSG (perturbed pass), ICG (random class) are all this one
+  line (EDM2 writes CFG and autoguidance as one lerp). `order` only picks the floating-point association a
+  strategy has always used, so its samples stay bitwise what they were; new strategies take the default.
+- the scale schedule: every strategy takes `schedule` (+ its window fields) and asks `self.scale_at(step)` for
+  the scale of this step (guidance.guiders.schedules). THE RULE: a strategy decides per CHAIN STEP, never per
+  evaluation: `scale_at`, windows and any on/off switch read only `step.index`, `step.count` and
+  `step.step_sigma`, so Heun's second evaluation and a churned one follow the step they belong to. (What a
+  strategy computes at an evaluation, e.g. TSG's noise level t^α, uses that evaluation's own t and σ.)
 """
 
 from __future__ import annotations
@@ -18,8 +29,30 @@ from dataclasses import dataclass
 
 from guidance.engine import ClassifierGrad, Eval, Prediction, Step
 from guidance.errors import check_scale  # noqa: F401 (re-exported for the strategies)
+from guidance.guiders.schedules import WeightSchedule
 
-__all__ = ["Guider", "TableSpec", "Description", "check_scale", "Eval", "ClassifierGrad", "Prediction", "Step"]
+__all__ = ["Guider", "TableSpec", "Description", "check_scale", "Eval", "ClassifierGrad", "Prediction", "Step",
+           "extrapolate", "WeightSchedule"]
+
+ORDERS = ("difference", "weights", "lerp")
+
+
+def extrapolate(main, reference, w: float, order: str = "difference"):
+    """main + w (main − reference): guidance away from `reference`, towards and past `main` (w = 0: main itself;
+    Ho & Salimans' w, the paper's guidance scale is w + 1). One extrapolation for every strategy. The three
+    orders are the same real number, rounded differently in floating point; each strategy keeps the one its
+    samples were made with (bitwise), a new strategy uses the default:
+        difference   main + w (main − reference)               PAG, autoguidance (EDM2's lerp)
+        weights      (1 + w) main − w reference                Ho & Salimans eq. 6: CFG, ICG, CFG rescale
+        lerp         reference + (1 + w)(main − reference)     TSG, CFG-Zero* (their papers' form)
+    """
+    if order == "difference":
+        return main + w * (main - reference)
+    if order == "weights":
+        return (1 + w) * main - w * reference
+    if order == "lerp":
+        return reference + (1 + w) * (main - reference)
+    raise ValueError(f"extrapolate: order must be one of {ORDERS}, got {order!r}")
 
 
 @dataclass(frozen=True)
@@ -63,9 +96,20 @@ class Guider:
     networks: tuple[str, ...] = ("unet",)    # the networks the denoiser must hold for this strategy
     needs: frozenset[str] = frozenset()      # sampler capabilities it relies on (guidance.engine.capabilities)
 
-    def __init__(self, scale: float = 0.0, conditional: bool = True):
+    def __init__(self, scale: float = 0.0, conditional: bool = True, preset: str | None = None, **schedule):
         self.scale = check_scale(scale, "guidance.scale")
         self.conditional = bool(conditional)
+        self.preset = None
+        if preset is not None:  # a named setting of this strategy, recorded and tabled under its own name
+            from guidance.guiders.presets import preset_of
+
+            self.preset = preset_of(preset, self.name)
+            schedule = self.preset.schedule_fields(schedule)
+        self.schedule = WeightSchedule.of(**schedule)
+
+    def scale_at(self, step: Step) -> float:
+        """This chain step's scale: `scale` under the schedule (constant: exactly `scale`). Per chain step."""
+        return self.schedule.scale_at(self.scale, step)
 
     @property
     def model_labels(self) -> str:
@@ -75,10 +119,24 @@ class Guider:
     def reset(self, batch_size: int, rng=None) -> None:
         """Start of a chain (`rng`: its per-image random streams). Stateless strategies have nothing to drop."""
 
+    def holds(self, step: Step) -> bool:
+        """Whether this step must leave the sampler's state where it is (CFG-Zero*'s zeroed steps): then no clip
+        and no thresholding touches its prediction."""
+        return False
+
     def finish(self, pred: Prediction, x, step: Step, clip: bool) -> Prediction:
         """The combined prediction as the sampler gets it: x̂0 clipped to [-1, 1] when the sampler asks
-        (ADM's clip_denoised); dynamic thresholding overrides this."""
-        return pred.clipped(x, step) if clip else pred
+        (ADM's clip_denoised), unless the step `holds`; dynamic thresholding overrides this."""
+        return pred.clipped(x, step) if clip and not self.holds(step) else pred
+
+    def check_chain(self, steps: list[Step]) -> None:
+        """Refuse (GuidanceError) a chain that makes a setting void (a schedule window that selects none of its
+        steps). `steps`: every denoiser evaluation of the chain; Sampler.sample calls it before any work."""
+        self.schedule.check_selects(steps, f"guidance={self.info()['strategy']}")
+
+    def covered_steps(self, steps: list[Step]) -> list[tuple[int, float, bool]]:
+        """(original t, σ, guided?) for every denoiser evaluation `steps` of a chain (sampler.evaluation_steps())."""
+        return [(s.t, s.sigma, self.schedule.selects(s)) for s in steps]
 
     def requests(self, step: Step) -> list:
         raise NotImplementedError
@@ -88,7 +146,9 @@ class Guider:
 
     def info(self) -> dict:
         """What sample_info.json records about the strategy (and describe() reads back)."""
-        return {"strategy": self.name, "scale": self.scale, "conditional": self.conditional}
+        schedule = self.schedule.info() if self.preset is None else self.preset.record(self.schedule)
+        return {"strategy": self.preset.name if self.preset else self.name, "scale": self.scale,
+                "conditional": self.conditional, **schedule}
 
     @classmethod
     def describe(cls, info: dict) -> Description:

@@ -24,8 +24,8 @@ TABLE = TableSpec("cfg_rescale", "CFG rescale (Lin et al. 2024)", ("w", "φ", "S
 class RescaledCFG(ClassifierFreeGuidance):
     name = "cfg_rescale"
 
-    def __init__(self, scale: float = 1.0, phi: float = 0.7, space: str = "v"):
-        super().__init__(scale=scale)
+    def __init__(self, scale: float = 1.0, phi: float = 0.7, space: str = "v", **schedule):
+        super().__init__(scale=scale, **schedule)
         self.phi = check_scale(phi, "guidance.phi")
         if self.phi > 1 or space not in ("v", "eps"):
             raise GuidanceError(f"cfg_rescale needs 0 <= phi <= 1 and space in (v, eps), got phi={phi}, space={space!r}")
@@ -40,7 +40,7 @@ class RescaledCFG(ClassifierFreeGuidance):
         if "uncond" not in preds:
             return preds["cond"]
         cond = preds["cond"]
-        guided = cfg_combine(cond, preds["uncond"], self.scale, x, step)
+        guided = cfg_combine(cond, preds["uncond"], self.scale_at(step), x, step)
         if self.phi == 0:
             return guided
         o_c, o_cfg = self.output(cond, step).double(), self.output(guided, step).double()

@@ -21,7 +21,7 @@ import torch
 
 from guidance.errors import GuidanceError
 from guidance.guiders.apg import per_image_dot
-from guidance.guiders.base import Description, Prediction, TableSpec, fmt
+from guidance.guiders.base import Description, Prediction, TableSpec, extrapolate, fmt
 from guidance.guiders.cfg import ClassifierFreeGuidance
 
 TABLE = TableSpec("cfg_zero", "CFG-Zero* (Fan et al. 2025)", ("w", "Zeroed steps", "Space"), order=28,
@@ -31,8 +31,9 @@ TABLE = TableSpec("cfg_zero", "CFG-Zero* (Fan et al. 2025)", ("w", "Zeroed steps
 class CFGZeroStar(ClassifierFreeGuidance):
     name = "cfg_zero"
 
-    def __init__(self, scale: float = 1.0, zero_steps: int = 1, optimized_scale: bool = True, space: str = "v"):
-        super().__init__(scale=scale)
+    def __init__(self, scale: float = 1.0, zero_steps: int = 1, optimized_scale: bool = True, space: str = "v",
+                 **schedule):
+        super().__init__(scale=scale, **schedule)
         if not isinstance(zero_steps, int) or zero_steps < 0 or space not in ("v", "eps"):
             raise GuidanceError(f"cfg_zero needs zero_steps an integer >= 0 and space v or eps, got {zero_steps!r}, "
                                 f"{space!r}")
@@ -41,12 +42,17 @@ class CFGZeroStar(ClassifierFreeGuidance):
     def zeroed(self, step) -> bool:
         return step.index < self.zero_steps
 
+    def check_chain(self, steps):
+        super().check_chain(steps)
+        if steps and self.zero_steps >= steps[0].count:
+            raise GuidanceError(f"cfg_zero: zero_steps={self.zero_steps} zeroes all {steps[0].count} steps of this "
+                                "chain (no network pass at all); use fewer (the paper zeroes ~4% of the steps)")
+
     def requests(self, step):
         return [] if self.zeroed(step) else super().requests(step)
 
-    def finish(self, pred, x, step, clip):
-        # A zeroed step must leave the state where it is: clipping its x̂0 would move it.
-        return pred if self.zeroed(step) else super().finish(pred, x, step, clip)
+    def holds(self, step):
+        return self.zeroed(step)  # a zeroed step leaves the state where it is: clipping its x̂0 would move it
 
     def to_output(self, pred: Prediction, x, step) -> torch.Tensor:
         return (pred.eps - pred.x0) if self.space == "v" else pred.eps
@@ -66,7 +72,7 @@ class CFGZeroStar(ClassifierFreeGuidance):
             return cond
         c, u = self.to_output(cond, x, step).double(), self.to_output(preds["uncond"], x, step).double()
         s = per_image_dot(c, u) / (per_image_dot(u, u) + 1e-8) if self.optimized_scale else torch.ones_like(c[:, :1, :1, :1])
-        out = s * u + (1 + self.scale) * (c - s * u)
+        out = extrapolate(c, s * u, self.scale_at(step), order="lerp")  # eq. 9: s* v_u + (1 + w)(v_c − s* v_u)
         return self.from_output(out.to(x.dtype), x, step, cond.var_v)
 
     def info(self):
@@ -75,7 +81,7 @@ class CFGZeroStar(ClassifierFreeGuidance):
 
     @classmethod
     def describe(cls, info):
-        w, k, space = info.get("scale"), info.get("zero_steps"), info.get("space", "eps")
+        w, k, space = info.get("scale"), info.get("zero_steps"), info.get("space", "v")  # the constructor's default
         return Description(TABLE, (fmt(w), fmt(k), space), (w if w is not None else float("inf"), k or 0),
                            series=f"cfg-zero* ({fmt(k)} zeroed, {space})", x=w, x_symbol="w",
                            unguided=w == 0 and not k)

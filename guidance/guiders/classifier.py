@@ -3,7 +3,8 @@
 Ancestral (Alg. 1):  μ' = μ + s Σ ∇_{x_t} log p_φ(y | x_t)
 DDIM      (Alg. 2):  ε' = ε − s sqrt(1 − ᾱ_t) ∇_{x_t} log p_φ(y | x_t)
 The guider hands s ∇log p to the sampler as `grad`; the sampler picks the form. Applies to the conditional model
-or, with conditional=false, to the unconditional one (ADM Table 4).
+or, with conditional=false, to the unconditional one (ADM Table 4). A step whose scheduled s is 0 (s = 0, or
+outside the schedule's window: the preset classifier_schedule) skips the classifier.
 """
 
 from __future__ import annotations
@@ -19,20 +20,24 @@ class ClassifierGuidance(Guider):
     name = "classifier"
     networks = ("unet", "classifier")
 
-    def __init__(self, scale: float = 1.0, conditional: bool = True):
-        super().__init__(scale=scale, conditional=conditional)
+    def __init__(self, scale: float = 1.0, conditional: bool = True, **schedule):
+        super().__init__(scale=scale, conditional=conditional, **schedule)
 
     def requests(self, step):
-        grad = [ClassifierGrad("grad")] if self.scale != 0 else []  # s = 0 skips the classifier
+        grad = [ClassifierGrad("grad")] if self.scale_at(step) != 0 else []  # s = 0 skips the classifier
         return [Eval("model", labels=self.model_labels)] + grad
 
     def combine(self, preds, x, step):
-        if self.scale == 0:
+        if "grad" not in preds:
             return preds["model"]
-        return preds["model"].with_grad(self.scale * preds["grad"])
+        return preds["model"].with_grad(self.scale_at(step) * preds["grad"])
 
     @classmethod
     def describe(cls, info):
         s, model = info.get("scale"), model_of(info)
+        if info.get("schedule"):  # with a schedule, not through the preset: the schedules' table
+            from guidance.guiders.presets import describe_classifier_schedule
+
+            return describe_classifier_schedule(info)
         return Description(TABLE, (model, "classifier", fmt(s)), (s if s is not None else float("inf"),),
                            series=f"classifier ({model})", x=s, x_symbol="s", unguided=s == 0)

@@ -3,6 +3,8 @@ Classifier-Free Guidance for Diffusion Models", eq. 6 / Alg. 1), scale w (Ho & S
 
     ε~ = ε(x_t, ŷ) + (1 + w)(ε(x_t, y) − ε(x_t, ŷ)),   ŷ ~ Uniform(classes), independent of y
 
+= extrapolate(ε(x_t, y), ε(x_t, ŷ), w), combined exactly as CFG (cfg_combine).
+
 The null-label pass of CFG is replaced by a pass at a random class, so it guides a model trained WITHOUT label
 dropout. ŷ is drawn afresh at every denoiser evaluation from each image's own random stream (reproducible and
 independent of the batch size). Neutral setting: `independent: null` (ŷ = the null label) is exactly CFG.
@@ -21,8 +23,8 @@ TABLE = TableSpec("icg", "Independent condition guidance (Sadat et al. 2025)", (
 class IndependentConditionGuidance(ClassifierFreeGuidance):
     name = "icg"
 
-    def __init__(self, scale: float = 1.0, independent: str = "random"):
-        super().__init__(scale=scale)
+    def __init__(self, scale: float = 1.0, independent: str = "random", **schedule):
+        super().__init__(scale=scale, **schedule)
         if independent not in ("random", "null"):
             raise GuidanceError(f"guidance.independent must be random (ICG) or null (= CFG), got {independent!r}")
         self.independent = independent

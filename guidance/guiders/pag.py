@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidance.errors import GuidanceError
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
 
 TABLE = TableSpec("pag", "Perturbed-attention guidance (Ahn et al. 2024)", ("Model", "s", "Blocks"), order=60,
                   baseline_models=("unconditional", "conditional"), baseline_cells=("{model}", "0", "–"))
@@ -37,13 +37,13 @@ class IdentityAttention:
 class PerturbedAttentionGuidance(Guider):
     name = "pag"
 
-    def __init__(self, scale: float = 1.0, blocks=("middle",), conditional: bool = True):
-        super().__init__(scale=scale, conditional=conditional)
+    def __init__(self, scale: float = 1.0, blocks=("middle",), conditional: bool = True, **schedule):
+        super().__init__(scale=scale, conditional=conditional, **schedule)
         self.blocks = tuple(str(b) for b in (blocks or ()))
 
     def requests(self, step):
         base = [Eval("model", labels=self.model_labels)]
-        if self.scale == 0 or not self.blocks:
+        if self.scale_at(step) == 0 or not self.blocks:
             return base  # nothing perturbed: the perturbed pass would equal the model's (not paid for)
         return base + [Eval("perturbed", labels=self.model_labels, perturb=IdentityAttention(self.blocks))]
 
@@ -51,7 +51,7 @@ class PerturbedAttentionGuidance(Guider):
         model = preds["model"]
         if "perturbed" not in preds:
             return model
-        eps = model.eps + self.scale * (model.eps - preds["perturbed"].eps)
+        eps = extrapolate(model.eps, preds["perturbed"].eps, self.scale_at(step))
         return Prediction.from_eps(x, step, eps, model.var_v)
 
     def info(self):

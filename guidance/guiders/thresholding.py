@@ -3,7 +3,8 @@
     s = max(quantile_p(|x̂0|) per image, 1),   x̂0 ← clip(x̂0, −s, s) / s,   ε re-derived from x̂0
 
 It replaces the static clip to [-1, 1] (the sampler's clip_denoised) at every step, whether or not the sampler
-clips; a classifier term (`grad`) passes through unchanged. p = 1 with |x̂0| <= 1 everywhere leaves x̂0 as is.
+clips; a classifier term (`grad`) passes through unchanged. A step the inner strategy `holds` (CFG-Zero*'s zeroed
+steps, which must leave the state where it is) is not thresholded. p = 1 with |x̂0| <= 1 everywhere leaves x̂0 as is.
 The wrapped strategy (`inner`) is any guider config; its scale is swept as guidance.inner.scale.
 """
 
@@ -46,7 +47,12 @@ class DynamicThresholding(Guider):
     def combine(self, preds, x, step):
         return self.inner.combine(preds, x, step)
 
+    def holds(self, step):
+        return self.inner.holds(step)
+
     def finish(self, pred, x, step, clip):
+        if self.holds(step):
+            return pred
         return pred.with_x0(x, step, dynamic_threshold(pred.x0, self.percentile))
 
     def info(self):

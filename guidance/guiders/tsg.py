@@ -6,8 +6,10 @@ Salimans units, paper's w + 1), on the conditional or the unconditional model:
 n ~ N(0, I) drawn at every evaluation from each image's own random stream; t = t_orig / 1000 (the paper's time
 in [0, 1]; our schedules, like its DiT/SD, have T = 1000); std per image over the embedding (so an image never
 depends on its batch). t_emb is the U-Net's timestep embedding after its MLP (the vector its blocks receive),
-perturbed with a forward hook on UNet.time_embed, not a fork. Guidance only for t_min <= t_orig <= t_max (the
-paper's T_MIN/T_MAX); elsewhere no extra pass. Paper (DiT, conditional): w + 1 = 2.5, s = 2, α = 1.
+perturbed with a forward hook on UNet.time_embed, not a fork. ε~ = extrapolate(ε(t_emb), ε(t̃_emb), w) in the
+paper's order. The paper's window T_MIN/T_MAX is the shared schedule's (`schedule: interval`, sigma_lo/sigma_hi:
+the σ of those timesteps), decided per chain step like every strategy's (guidance.guiders.base); outside it no
+extra pass. Paper (DiT, conditional): w + 1 = 2.5, s = 2, α = 1.
 Neutral setting: s = 0 (the perturbed pass is the model itself) gives ε~ = ε.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidance.errors import GuidanceError, check_scale
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
 
 TABLE = TableSpec("tsg", "Time-step guidance (Sadat et al. 2025)", ("Model", "w", "s", "α"), order=46,
                   baseline_models=("conditional", "unconditional"), baseline_cells=("{model}", "0", "–", "–"))
@@ -54,14 +56,13 @@ class _Hook:
 class TimeStepGuidance(Guider):
     name = "tsg"
 
-    def __init__(self, scale: float = 1.5, noise_scale: float = 2.0, alpha: float = 1.0, t_min: int = 0,
-                 t_max: int = 1000, conditional: bool = True):
-        super().__init__(scale=scale, conditional=conditional)
+    def __init__(self, scale: float = 1.5, noise_scale: float = 2.0, alpha: float = 1.0, conditional: bool = True,
+                 **schedule):
+        super().__init__(scale=scale, conditional=conditional, **schedule)
         self.noise_scale, self.alpha = check_scale(noise_scale, "guidance.noise_scale"), check_scale(alpha, "guidance.alpha")
-        self.t_min, self.t_max = int(t_min), int(t_max)
 
     def active(self, step) -> bool:
-        return self.scale != 0 and self.noise_scale != 0 and self.t_min <= step.t <= self.t_max
+        return self.noise_scale != 0 and self.scale_at(step) != 0
 
     def requests(self, step):
         model = [Eval("model", labels=self.model_labels)]
@@ -74,12 +75,11 @@ class TimeStepGuidance(Guider):
         model = preds["model"]
         if "perturbed" not in preds:
             return model
-        p = preds["perturbed"].eps
-        return Prediction.from_eps(x, step, p + (1 + self.scale) * (model.eps - p), model.var_v)
+        eps = extrapolate(model.eps, preds["perturbed"].eps, self.scale_at(step), order="lerp")
+        return Prediction.from_eps(x, step, eps, model.var_v)
 
     def info(self):
-        return {**super().info(), "noise_scale": self.noise_scale, "alpha": self.alpha, "t_min": self.t_min,
-                "t_max": self.t_max}
+        return {**super().info(), "noise_scale": self.noise_scale, "alpha": self.alpha}
 
     @classmethod
     def describe(cls, info):

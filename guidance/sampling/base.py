@@ -88,11 +88,13 @@ class Sampler:
         return self.run(denoiser, x, y, rng, progress)
 
     def check_strategy(self, denoiser) -> None:
-        """Refuse (one line) a strategy that needs a capability this sampler lacks, naming the samplers that offer
-        it at their defaults."""
+        """Refuse (one line) a strategy that needs a capability this sampler lacks (naming the samplers that offer it
+        at their defaults), or whose settings select nothing on this chain. Before any work."""
         needs = getattr(denoiser, "needs", frozenset())  # a GuidedDenoiser's: its strategy's
         if not needs <= self.capabilities:
             check_capabilities(denoiser.guider.name, needs, self.label, self.capabilities, self.offering(needs))
+        if hasattr(denoiser, "guider"):  # the strategy's settings against this chain (a window selecting no step)
+            denoiser.guider.check_chain(self.evaluation_steps())
 
     def offering(self, needs: frozenset) -> str:
         """The registered samplers that offer `needs` at their default settings, by label (e.g. "ddim eta=0")."""

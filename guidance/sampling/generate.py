@@ -85,6 +85,16 @@ def merge_parts(parts_dir: Path, num_samples: int, batch_size: int) -> tuple[tor
     return torch.cat(images), torch.cat(ys), total
 
 
+def same_setting(key: str, old, new, match_keys) -> bool:
+    """One sample_info field agrees. The strategy's config ("guider") is compared without its top-level class path
+    and preset name when "strategy" (which names both) is matched too: a point sampled by a class that became a
+    preset of another (cfg_interval, cfg_schedule, classifier_schedule: same fields, same samples) is recognised."""
+    if key == "guider" and "strategy" in match_keys and isinstance(old, dict) and isinstance(new, dict):
+        fields = lambda cfg: {k: v for k, v in cfg.items() if k not in ("_target_", "preset")}
+        return fields(old) == fields(new)
+    return old == new
+
+
 def finished_samples(out_dir: Path, info: dict, match_keys) -> bool:
     """Whether out_dir already holds samples made with these settings: its sample_info agrees on match_keys AND
     the samples.npz beside it is the very file that info describes (size and sha256 recorded at writing), so a
@@ -96,7 +106,7 @@ def finished_samples(out_dir: Path, info: dict, match_keys) -> bool:
         old = json.loads(info_path.read_text())
     except (OSError, ValueError):
         return False
-    if not all(old.get(k) == info.get(k) for k in match_keys):
+    if not all(same_setting(k, old.get(k), info.get(k), match_keys) for k in match_keys):
         return False
     recorded = old.get("samples_file") or {}
     return recorded.get("bytes") == npz.stat().st_size and recorded.get("sha256") == sha256_file(npz)

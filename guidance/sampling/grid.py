@@ -9,7 +9,8 @@ are first clamped to the model's own range [σ(0), σ(T−1)], then the grid is 
 A σ between two trained timesteps is SNAPPED to the trained timestep nearest in σ (EDM's `round_sigma` for ADM
 models, iDDPMPrecond), and the sampler then uses that timestep's own σ in its update: the network always sees a
 valid integer timestep whose noise level is exactly the one the solver assumes. Grid points that snap to the same
-timestep are merged, so an edmN chain may have fewer than N steps (sample_info records the real count).
+timestep are merged, so an edmN chain may have fewer than N steps (sample_info records the real count); a grid
+that keeps fewer than 80% of its N levels (edm5000 on 1000 trained timesteps keeps 931) is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> np.nda
     return (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
+MIN_KEPT = 0.8  # an edmN grid must keep this share of its N levels after merging onto trained timesteps
+
+
 def kept_timesteps(alphas_cumprod, spec: str | int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                    rho: float = 7.0) -> list[int]:
     """Sorted original timesteps kept by `spec` on a schedule with these ᾱ (one per trained timestep)."""
@@ -59,4 +63,8 @@ def kept_timesteps(alphas_cumprod, spec: str | int, sigma_min: float = 0.002, si
     if lo >= hi:
         raise GuidanceError(f"edm grid: [sigma_min, sigma_max] = [{sigma_min}, {sigma_max}] misses the model's σ range "
                             f"[{sigmas[0]:.4g}, {sigmas[-1]:.4g}]")
-    return sorted({snap_to_timestep(s, sigmas) for s in edm_sigmas(n, lo, hi, rho)})
+    kept = sorted({snap_to_timestep(s, sigmas) for s in edm_sigmas(n, lo, hi, rho)})
+    if len(kept) < MIN_KEPT * n:  # the grid is finer than the trained levels: most steps would merge silently
+        raise GuidanceError(f"edm{n} asks for more noise levels than the model has near them: it merges to "
+                            f"{len(kept)} distinct trained timesteps (of {T}); ask for at most edm{len(kept)}")
+    return kept

@@ -36,6 +36,10 @@ class EulerSampler(Sampler):
         if self.s_churn < 0 or self.s_noise <= 0:
             raise GuidanceError(f"{self.name}: s_churn must be >= 0 and s_noise > 0, got {s_churn}, {s_noise}")
         self.label = self.name + (f" churn={self.s_churn:g}" if self.s_churn else "")
+        if self.s_churn and not any(self.churned(i).grid_sigma is not None for i in range(self.steps)):
+            raise GuidanceError(f"{self.name}: s_churn={self.s_churn:g} churns no step of this chain (no σ_i in "
+                                f"[s_tmin, s_tmax] = [{self.s_tmin:g}, {self.s_tmax:g}] is raised to a higher trained "
+                                "level); widen the window or set s_churn=0")
 
     @property
     def capabilities(self):
