@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -30,9 +31,12 @@ PLOTS = ("fid_vs_scale", "precision_recall", "is_vs_fid", "grids", "accuracy_rec
          "metrics_vs_scale")
 
 
-def series_key(p: Point, by_sampler: bool = False) -> str:
-    key = p.desc.series if p.desc else f"{p.strategy or '?'} ({p.model})"
-    return f"{key}, {p.info.get('sampler_label') or p.sampler} {p.steps}" if by_sampler else key
+def series_key(p: Point) -> str:
+    return p.desc.series if p.desc else f"{p.strategy or '?'} ({p.model})"
+
+
+def _sampler(p: Point) -> str:
+    return f"{p.info.get('sampler_label') or p.sampler} {p.steps}"
 
 
 def x_of(p: Point) -> float | None:
@@ -46,11 +50,19 @@ def _order(p: Point) -> int:
 
 def group_series(points: list[Point]) -> dict[str, list[Point]]:
     """Series in table order (baselines first, then each strategy's table order; unconditional first), points by
-    scale."""
-    series: dict[str, list[Point]] = {}
-    by_sampler = len({(p.info.get("sampler_label") or p.sampler, p.steps) for p in points if p.sampler}) > 1
+    scale. A curve run with several samplers splits into one per sampler, and one run with another sampler than
+    most points says which: "cfg++, ddim eta=0 20"."""
+    samplers = Counter(_sampler(p) for p in points if p.sampler)
+    common = samplers.most_common(1)[0][0] if samplers else None
+    by_key: dict[str, list[Point]] = {}
     for p in points:
-        series.setdefault(series_key(p, by_sampler), []).append(p)
+        by_key.setdefault(series_key(p), []).append(p)
+    series: dict[str, list[Point]] = {}
+    for key, pts in by_key.items():
+        mixed = len({_sampler(p) for p in pts if p.sampler}) > 1
+        for p in pts:
+            named = p.sampler and (mixed or _sampler(p) != common)
+            series.setdefault(f"{key}, {_sampler(p)}" if named else key, []).append(p)
     for pts in series.values():
         pts.sort(key=lambda p: (x_of(p) is None, x_of(p) or 0.0))
     order = lambda item: (_order(item[1][0]), MODEL_ORDER[item[1][0].conditional], item[0])
@@ -68,9 +80,9 @@ def axis_label(metric: str) -> str:
     return f"{m.label} ({m.better} is better)"
 
 
-# Colours: tab20's ten dark shades, then its ten light ones (20 distinct); markers on a 7-cycle, so (colour,
-# marker) pairs never repeat within 70 curves and neighbours in the legend differ in both.
-_COLOURS = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+# Colours: tab20's dark shades, then its light ones, without its greys (the baselines' colour): 18 distinct;
+# markers on a 7-cycle, so (colour, marker) pairs never repeat within 126 curves and legend neighbours differ in both.
+_COLOURS = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2)) if i not in (14, 15)]
 _MARKERS = "osD^vP<"
 
 
@@ -126,8 +138,9 @@ def _spreads(pts, metric):
     return [p.spread(metric) or 0.0 for p in pts]
 
 
-def _vs_scale(ax, sweep: Sweep, metric: str, style: dict[str, dict], label: bool = True) -> bool:
-    """`metric` against the scale, one curve per series with its spread; baselines as horizontal lines."""
+def _vs_scale(ax, sweep: Sweep, metric: str, style: dict[str, dict], label: bool = True, values: bool = True) -> bool:
+    """`metric` against the scale, one curve per series with its spread; baselines as horizontal lines (their value
+    in the legend when `values`)."""
     drawn = False
     for key, pts in group_series(sweep.points).items():
         pts = [p for p in _with(pts, metric) if x_of(p) is not None]
@@ -137,7 +150,7 @@ def _vs_scale(ax, sweep: Sweep, metric: str, style: dict[str, dict], label: bool
         st = style[key]
         if pts[0].baseline:  # unguided baseline: one number, drawn across the axis
             ax.axhline(y[0], ls="--", lw=1, color=st["color"],
-                       label=f"{key}: {y[0]:.{METRICS[metric].decimals}f}" if label else None)
+                       label=(f"{key}: {y[0]:.{METRICS[metric].decimals}f}" if values else key) if label else None)
         else:
             ax.errorbar([x_of(p) for p in pts], y, yerr=_spreads(pts, metric), capsize=3, lw=1.2, color=st["color"],
                         marker=st["marker"], ms=st["ms"], label=_label(key, pts) if label else None)
@@ -171,7 +184,7 @@ def plot_metrics_vs_scale(sweep: Sweep, path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     style = styles(sweep)
     for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
-        _vs_scale(ax, sweep, metric, style, label=i == 0)
+        _vs_scale(ax, sweep, metric, style, label=i == 0, values=False)
         ax.set_ylabel(axis_label(metric), fontsize=9)
         ax.set_xlabel("guidance scale (each strategy's unit)", fontsize=8)
         ax.tick_params(labelsize=8)
