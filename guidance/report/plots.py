@@ -315,10 +315,11 @@ def _best_fid(pts: list[Point]) -> Point:
     return min(with_fid, key=lambda p: p.value("fid")) if with_fid else pts[0]
 
 
-def _scale_text(p: Point) -> str:
+def _scale_text(p: Point, unguided: str = "unguided") -> str:
     if p.baseline or p.desc is None or x_of(p) is None:
-        return "unguided" if p.baseline else "scale ?"
-    text = f"{p.desc.x_symbol} = {x_of(p):g}"
+        text = unguided if p.baseline else "scale ?"
+    else:
+        text = f"{p.desc.x_symbol} = {x_of(p):g}"
     return text + (f", FID {p.value('fid'):.2f}" if is_finite(p.value("fid")) else "")
 
 
@@ -334,7 +335,7 @@ def _grid_sections(sweep: Sweep) -> list[tuple[str, list[tuple[str, list[tuple[P
         if len(pts) < 2 or pts[0].baseline:
             continue
         head = [] if any(p.desc and p.desc.unguided for p in pts) or pts[0].model not in unguided else \
-            [(unguided[pts[0].model], f"unguided ({pts[0].model})")]
+            [(unguided[pts[0].model], _scale_text(unguided[pts[0].model], f"unguided {pts[0].model}"))]
         strips.append((key, head + [(p, _scale_text(p)) for p in pts]))
     sections = [("Every curve at its lowest-FID scale", [("", best)])]
     if strips:
@@ -354,7 +355,7 @@ def plot_grids(sweep: Sweep, path: Path) -> Path:
         return _save(fig, path)
     with Image.open(sections[0][1][0][1][0][0].grid) as im:
         cell_h = _CELL * im.height / im.width
-    width = _COLS * (_CELL + _HGAP)
+    width = _COLS * (_CELL + _HGAP) + _STRIP_GAP  # a line of strips holds _COLS cells and one gap
     ops, y = [], 0.55  # (kind, x, y, ...) in inches, y downwards
     for heading, strips in sections:
         ops.append(("heading", 0.0, y, heading))
