@@ -488,3 +488,26 @@ def test_class_accuracy_column_and_plot_appear_when_measured(tmp_path):
     _write_point(other / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 5.0}, CFG_COLOUR)
     md = build_report(other, tmp_path / "out2", describe=describe_point, progress=False)["md"].read_text()
     assert "Class acc" not in md
+
+
+def test_grid_sheet_has_no_empty_cell_and_labels_inside(sweep, tmp_path, monkeypatch):
+    """grids.png: one cell per curve at its best FID (5 curves), then a strip per multi-scale curve, headed by its
+    model's unguided point unless it has one (classifier: 1 + 2 each; cfg: its 5 points, w = 0 included); every
+    cell an image, every label inside the figure."""
+    import guidance.report.plots as plots
+
+    seen = {}
+    save = plots._save
+
+    def recording_save(fig, path):
+        fig.canvas.draw()
+        box = fig.bbox
+        seen["images"] = sum(bool(ax.images) for ax in fig.axes)
+        seen["empty"] = sum(not ax.images for ax in fig.axes)
+        seen["outside"] = [t.get_text() for ax in fig.axes for t in ax.texts
+                           if not box.contains(*t.get_window_extent().p0) or not box.contains(*t.get_window_extent().p1)]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", recording_save)
+    plots.plot_grids(collect_sweep(sweep, describe_point, progress=False), tmp_path / "grids.png")
+    assert seen == {"images": 5 + 3 + 3 + 5, "empty": 0, "outside": []}

@@ -305,8 +305,7 @@ def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
 
 # ---- sample grids ----
 
-_CELL = 1.55       # inches per image cell
-_COLS = 8          # cells per line
+_CELLS = {True: (1.55, 8), False: (2.5, 5)}  # squarish grid.png: (inches per cell, cells per line); flat: wider
 _HGAP, _STRIP_GAP = 0.08, 0.35
 
 
@@ -327,7 +326,7 @@ def _grid_sections(sweep: Sweep) -> list[tuple[str, list[tuple[str, list[tuple[P
     """[(heading, [(strip title, [(point, cell label)])])]: every curve at its best-FID scale (one strip), then one
     strip per curve of several scales, headed by its model's unguided point (same seeds throughout)."""
     series = group_series([p for p in sweep.points if p.grid is not None])
-    best = [(p, "\n".join(textwrap.wrap(key, 24)[:3]) + "\n" + _scale_text(p))
+    best = [(p, f"{key}\n{_scale_text(p)}")
             for key, pts in series.items() for p in [_best_fid(pts)]]
     unguided = {p.model: p for pts in series.values() for p in pts if p.baseline}
     strips = []
@@ -345,7 +344,7 @@ def _grid_sections(sweep: Sweep) -> list[tuple[str, list[tuple[str, list[tuple[P
 
 def plot_grids(sweep: Sweep, path: Path) -> Path:
     """The points' grid.png files (the same per-image seeds everywhere, so cells compare image by image): first
-    every curve at its best-FID scale, then each multi-scale curve on its own strip. Strips wrap at _COLS cells
+    every curve at its best-FID scale, then each multi-scale curve on its own strip. Strips wrap at a line's cells
     and never leave a cell empty; labels sit under their cell, wrapped to its width."""
     sections = _grid_sections(sweep)
     if not sections[0][1][0][1]:
@@ -354,8 +353,13 @@ def plot_grids(sweep: Sweep, path: Path) -> Path:
         _empty(ax, "no grid.png in the sweep")
         return _save(fig, path)
     with Image.open(sections[0][1][0][1][0][0].grid) as im:
-        cell_h = _CELL * im.height / im.width
-    width = _COLS * (_CELL + _HGAP) + _STRIP_GAP  # a line of strips holds _COLS cells and one gap
+        aspect = im.height / im.width
+    cell_w, cols = _CELLS[aspect >= 0.5]
+    cell_h = cell_w * aspect
+    width = cols * (cell_w + _HGAP) + _STRIP_GAP  # a line of strips holds `cols` cells and one gap
+    fit = lambda text: "\n".join(w for line in text.split("\n") for w in textwrap.wrap(line, int(cell_w * 16)))
+    sections = [(h, [(title, [(p, fit(label)) for p, label in cells]) for title, cells in strips])
+                for h, strips in sections]
     ops, y = [], 0.55  # (kind, x, y, ...) in inches, y downwards
     for heading, strips in sections:
         ops.append(("heading", 0.0, y, heading))
@@ -365,15 +369,15 @@ def plot_grids(sweep: Sweep, path: Path) -> Path:
         row_h = title_h + cell_h + 0.13 * lines + 0.1  # every line of the section: title, images, labels
         x = 0.0
         for title, cells in strips:
-            for start in range(0, len(cells), _COLS):  # a strip longer than a line wraps onto its own lines
-                chunk = cells[start:start + _COLS]
-                need = len(chunk) * (_CELL + _HGAP)
+            for start in range(0, len(cells), cols):  # a strip longer than a line wraps onto its own lines
+                chunk = cells[start:start + cols]
+                need = len(chunk) * (cell_w + _HGAP)
                 if x > 0 and x + need > width + 1e-9:
                     x, y = 0.0, y + row_h + 0.1
                 if title:
                     text = title + (" (continued)" if start else "")
                     ops.append(("title", x, y, "\n".join(textwrap.wrap(text, int(need * 11))[:2])))
-                ops += [("cell", x + i * (_CELL + _HGAP), y + title_h, p, label) for i, (p, label) in enumerate(chunk)]
+                ops += [("cell", x + i * (cell_w + _HGAP), y + title_h, p, label) for i, (p, label) in enumerate(chunk)]
                 x += need + _STRIP_GAP
         y += row_h + 0.3
     fig = plt.figure(figsize=(width, y))
@@ -385,7 +389,7 @@ def plot_grids(sweep: Sweep, path: Path) -> Path:
             fig.text(op[1] / width, 1 - op[2] / y, op[3], fontsize=8, weight="bold", va="top")
         else:
             _, cx, cy, p, text = op
-            ax = fig.add_axes([cx / width, 1 - (cy + cell_h) / y, _CELL / width, cell_h / y])
+            ax = fig.add_axes([cx / width, 1 - (cy + cell_h) / y, cell_w / width, cell_h / y])
             with Image.open(p.grid) as im:
                 ax.imshow(np.asarray(im.convert("RGB")))
             ax.axis("off")
