@@ -504,8 +504,8 @@ def test_grid_sheet_has_no_empty_cell_and_labels_inside(sweep, tmp_path, monkeyp
         box = fig.bbox
         seen["images"] = sum(bool(ax.images) for ax in fig.axes)
         seen["empty"] = sum(not ax.images for ax in fig.axes)
-        seen["outside"] = [t.get_text() for ax in fig.axes for t in ax.texts
-                           if not box.contains(*t.get_window_extent().p0) or not box.contains(*t.get_window_extent().p1)]
+        inside = lambda e: box.contains(*e.p0) and box.contains(*e.p1)
+        seen["outside"] = [t.get_text() for ax in fig.axes for t in ax.texts if not inside(t.get_window_extent())]
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", recording_save)

@@ -26,7 +26,8 @@ for entry in study.sweep:
     for scale in entry.scales:
         cond = bool(entry.get("conditional", True))
         name = f"{entry.guidance}{tag}-{'cond' if cond else 'uncond'}-s{float(scale):g}"
-        node = OmegaConf.merge(OmegaConf.load(repo / f"conf/guidance/{entry.guidance}.yaml"), entry.get("settings") or {})
+        node = OmegaConf.load(repo / f"conf/guidance/{entry.guidance}.yaml")
+        node = OmegaConf.merge(node, entry.get("settings") or {})
         if "conditional" in node:
             node.conditional = cond
         if "scale" in node:
