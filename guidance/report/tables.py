@@ -1,8 +1,9 @@
 """Tradeoff tables in the papers' layouts, written as Markdown, CSV and LaTeX (booktabs).
 
 Each guidance strategy describes its own table (a guidance.description.TableSpec, from the describe function the
-caller passed to collect_sweep): its title, key columns, cost columns and which unguided baselines head it, e.g. ADM Table 4 (Dhariwal & Nichol 2021: model x guidance x s,
-both models) or Ho & Salimans 2022 Table 1 (one row per w, the conditional model's unguided point as w = 0).
+caller passed to collect_sweep): its title, key columns, cost columns and which unguided baselines head it, e.g.
+ADM Table 4 (Dhariwal & Nichol 2021: model x guidance x s, both models) or Ho & Salimans 2022 Table 1 (one row per
+w, the conditional model's unguided point as w = 0).
 A table is emitted when the sweep has a guided point of it; nothing here names a strategy. Points whose strategy
 is unknown (failed before writing anything Hydra could tell) go at the end of the first table. Nothing here names a
 metric either: the registry (guidance.metrics.registry) says which metrics are columns, their labels, decimals
