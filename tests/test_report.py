@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from guidance.errors import GuidanceError
+from guidance.guiders import describe_point
 from guidance.report import build_report, build_tables, collect_sweep, to_csv, to_latex, to_markdown
 from guidance.report.plots import pareto_front
 from guidance.report.tables import pick_best
@@ -106,7 +107,7 @@ def sweep(tmp_path) -> Path:
 def report(tmp_path_factory) -> dict[str, Path]:
     """One report shared by the read-only tests (matplotlib rendering is the slow part)."""
     base = tmp_path_factory.mktemp("report")
-    return build_report(make_sweep(base), base / "out", progress=False)
+    return build_report(make_sweep(base), base / "out", describe=describe_point, progress=False)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -114,7 +115,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def test_collect_keeps_every_point_with_status(sweep):
-    s = collect_sweep(sweep, progress=False)
+    s = collect_sweep(sweep, describe_point, progress=False)
     assert len(s.points) == len(CLF) + len(CFG) + 1
     assert s.name == "demo" and s.extractor == "evaluator" and s.weights_sha256 == SHA
     status = {p.name: p.status for p in s.points}
@@ -129,7 +130,7 @@ def test_collect_keeps_every_point_with_status(sweep):
 def test_unreadable_file_is_a_row(sweep):
     bad = sweep / "guidance=cfg,guidance.scale=1" / "metrics.json"
     bad.write_text("{not json")
-    s = collect_sweep(sweep, progress=False)
+    s = collect_sweep(sweep, describe_point, progress=False)
     p = next(p for p in s.points if p.name == "guidance=cfg,guidance.scale=1")
     assert p.status.startswith("failed: unreadable metrics.json") and p.value("fid") is None
     assert p.strategy == "cfg" and p.scale == 1.0
@@ -200,7 +201,7 @@ def test_markdown_layout(report):
 
 def test_classifier_table_sfid_best(sweep):
     # sFID in the classifier table: conditional s=1 (7) vs conditional none (9), no spreads -> called.
-    t = build_tables(collect_sweep(sweep, progress=False))[0]
+    t = build_tables(collect_sweep(sweep, describe_point, progress=False))[0]
     assert t.rows[t.best["sfid"]].name == "guidance=classifier,guidance.conditional=true,guidance.scale=1"
 
 
@@ -228,11 +229,12 @@ def test_cfg_classifier_table_and_all_failed(tmp_path):
         _write_point(root / f"w{w}_s{s_}", [], info, dict(fid=fid, sfid=1.0, is_mean=1.0, precision=0.5, recall=0.5),
                      (10, 20, 30))
     _write_point(root / "crashed", [], None, None)  # no overrides, no log: strategy unknown, still a row
-    paths = build_report(root, tmp_path / "out", progress=False)
+    paths = build_report(root, tmp_path / "out", describe=describe_point, progress=False)
     rows = _read_csv(paths["csv"])
-    assert [(r["table"], r["scale"], r["classifier_scale"]) for r in rows] == [
-        ("cfg_classifier", "0.5", "2.0"), ("cfg_classifier", "1.0", "0.5"), ("cfg_classifier", "1.0", "2.0"),
-        ("cfg_classifier", "", "")]
+    assert [(r["table"], r["scale"], r["x"], r["series"]) for r in rows] == [  # x: s, the curve's swept value
+        ("cfg_classifier", "0.5", "2.0", "cfg+classifier, w=0.5"),
+        ("cfg_classifier", "1.0", "0.5", "cfg+classifier, w=1"),
+        ("cfg_classifier", "1.0", "2.0", "cfg+classifier, w=1"), ("cfg_classifier", "", "", "")]
     assert [r["fid_best"] for r in rows] == ["", "", "best", ""]
     assert rows[-1]["status"] == "failed: job wrote no sample_info.json or metrics.json"
     md = paths["md"].read_text()
@@ -244,14 +246,14 @@ def test_cfg_classifier_table_and_all_failed(tmp_path):
         if d.name != "crashed":
             for f in ("metrics.json", "sample_info.json", "grid.png"):
                 (d / f).unlink()
-    paths = build_report(root, tmp_path / "out2", progress=False)
+    paths = build_report(root, tmp_path / "out2", describe=describe_point, progress=False)
     assert len(_read_csv(paths["csv"])) == 4 and all(paths[k].is_file() for k in ("fid_vs_scale", "grids"))
 
 
 def test_matched_cost_table_lists_every_curve_at_its_best_fid(sweep):
     """One row per curve (strategy with its settings; unguided baselines too) at its lowest FID, sorted by FID,
     with the NFE and classifier passes counted while sampling."""
-    (t,) = [t for t in build_tables(collect_sweep(sweep, progress=False)) if t.kind == "matched_cost"]
+    (t,) = [t for t in build_tables(collect_sweep(sweep, describe_point, progress=False)) if t.kind == "matched_cost"]
     got = [(p.desc.series, p.x, p.value("fid")) for p in t.rows]
     assert got == [("classifier (conditional)", 1.0, 5.0), ("cfg", 0.5, 8.0), ("none (conditional)", 0.0, 10.0),
                    ("classifier (unconditional)", 1.0, 20.0), ("none (unconditional)", 0.0, 30.0)]
@@ -302,20 +304,21 @@ def test_report_folder_inside_sweep_is_not_a_point(sweep):
     # metrics.json in it would be, so plant one to make this test able to fail.
     (sweep / "report").mkdir()
     (sweep / "report" / "metrics.json").write_text("{}")
-    assert len(collect_sweep(sweep, exclude=[sweep / "report"], progress=False).points) == len(CLF) + len(CFG) + 1
-    assert len(collect_sweep(sweep, progress=False).points) == len(CLF) + len(CFG) + 2
+    assert len(collect_sweep(sweep, describe_point, exclude=[sweep / "report"], progress=False).points) == \
+        len(CLF) + len(CFG) + 1
+    assert len(collect_sweep(sweep, describe_point, progress=False).points) == len(CLF) + len(CFG) + 2
 
 
 def test_errors_one_line(tmp_path, sweep):
     with pytest.raises(GuidanceError, match="is not a folder"):
-        collect_sweep(tmp_path / "nope")
+        collect_sweep(tmp_path / "nope", describe_point)
     (tmp_path / "empty").mkdir()
     with pytest.raises(GuidanceError, match="no sweep points"):
-        collect_sweep(tmp_path / "empty")
+        collect_sweep(tmp_path / "empty", describe_point)
     m = sweep / "guidance=cfg,guidance.scale=2" / "metrics.json"
     m.write_text(json.dumps({**json.loads(m.read_text()), "weights_sha256": "f" * 64}))  # a retrained evaluator
     with pytest.raises(GuidanceError, match="mixes two sets of evaluator weights") as e:
-        collect_sweep(sweep, progress=False)
+        collect_sweep(sweep, describe_point, progress=False)
     assert "\n" not in str(e.value)
 
 
@@ -334,7 +337,7 @@ def test_table_with_two_extractors_shows_both_columns(tmp_path):
         results = {"evaluator": {**base, "extractor": "evaluator", "weights_sha256": "a" * 64, "fid": fid},
                    "dinov2": {**base, "extractor": "dinov2", "weights_sha256": "d" * 64, "fid": fd, "recall": 0.4}}
         (folder / "metrics.json").write_text(json.dumps({"format": 2, "samples_sha256": "x", "extractors": results}))
-    sweep = collect_sweep(root, progress=False)
+    sweep = collect_sweep(root, describe_point, progress=False)
     assert list(sweep.extractors) == ["evaluator", "dinov2"]
     (t,) = [t for t in build_tables(sweep) if t.kind == "cfg"]
     assert [c.label for c in t.columns] == ["FID (evaluator)", "sFID (evaluator)", "IS (evaluator)",
@@ -393,7 +396,7 @@ def test_wandb_summary_logged_in_sweep_group(sweep, tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "init_wandb", fake_init)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    build_report(sweep, tmp_path / "out", logger_cfg={"mode": "offline"}, progress=False)
+    build_report(sweep, tmp_path / "out", logger_cfg={"mode": "offline"}, describe=describe_point, progress=False)
     assert calls == [dict(job_type="tradeoff", group="demo", mode="offline"), "finish"]
     table = logged["tradeoff/table"]
     assert len(table.data) == len(CLF) + len(CFG) + 1 + 5 and "fid_best" in table.columns  # + matched cost
@@ -406,7 +409,7 @@ def test_wandb_summary_logged_in_sweep_group(sweep, tmp_path, monkeypatch):
         assert f"tradeoff/charts/{metric}_vs_scale" in logged
     assert sum(k.startswith("grids/") for k in logged) == len(CLF) + len(CFG)  # every point with a grid.png
     calls.clear()
-    build_report(sweep, tmp_path / "out2", logger_cfg={"mode": "disabled"}, progress=False)
+    build_report(sweep, tmp_path / "out2", logger_cfg={"mode": "disabled"}, describe=describe_point, progress=False)
     assert calls == []  # logger=none: no run at all
 
 
@@ -414,7 +417,8 @@ def test_wandb_summary_logged_in_sweep_group(sweep, tmp_path, monkeypatch):
 def test_wandb_offline_summary(sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    paths = build_report(sweep, tmp_path / "out", logger_cfg={"mode": "offline", "project": "test"}, progress=False)
+    paths = build_report(sweep, tmp_path / "out", logger_cfg={"mode": "offline", "project": "test"},
+                         describe=describe_point, progress=False)
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert paths["wandb"].exists() and len(runs) == 1
     media = runs[0] / "files" / "media"
@@ -427,7 +431,7 @@ def test_cfg_table_takes_the_conditional_baseline_as_w0(tmp_path):
     _write_point(root / "none-cond", [], _info("none", 0.0, True, 1, 0), {"fid": 10.0}, CFG_COLOUR)
     _write_point(root / "none-uncond", [], _info("none", 0.0, False, 1, 0), {"fid": 30.0}, CFG_COLOUR)
     _write_point(root / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 8.0}, CFG_COLOUR)
-    tables = {t.kind: t for t in build_tables(collect_sweep(root, progress=False))}
+    tables = {t.kind: t for t in build_tables(collect_sweep(root, describe_point, progress=False))}
     cfg_rows = [(p.strategy, p.x, p.value("fid")) for p in tables["cfg"].rows]
     assert cfg_rows == [("none", 0.0, 10.0), ("cfg", 1.0, 8.0)]
     assert "| 0 | 10.00" in to_markdown([tables["cfg"]])
@@ -442,7 +446,7 @@ def test_cfg_interval_points_get_their_own_table_with_w(tmp_path):
         info = {**_info("cfg_interval", w, True, 2, 0), "sigma_lo": 0.0, "sigma_hi": 6.2,
                 "cost_per_sample": dict(nfe=40, classifier_forward=0, classifier_backward=0)}
         _write_point(root / f"cfg_interval-{w:g}", [], info, {"fid": fid}, CFG_COLOUR)
-    sweep = collect_sweep(root, progress=False)
+    sweep = collect_sweep(root, describe_point, progress=False)
     tables = {t.kind: t for t in build_tables(sweep)}
     assert set(tables) == {"cfg", "cfg_interval", "matched_cost"}
     rows = [(p.strategy, p.x, p.value("fid"), p.nfe) for p in tables["cfg_interval"].rows]
@@ -462,7 +466,7 @@ def test_points_of_several_samplers_get_a_sampler_column_and_curve(tmp_path):
         for w in (0.0, 1.0):
             info = {**_info("cfg", w, True, 1, 0), "sampler": sampler, "sampler_label": label, "steps": steps}
             _write_point(root / f"{sampler}-{w:g}", [], info, {"fid": fid + w}, CFG_COLOUR)
-    (t,) = build_tables(collect_sweep(root, progress=False))
+    (t,) = build_tables(collect_sweep(root, describe_point, progress=False))
     md = to_markdown([t])
     assert "| w | Sampler | FID" in md and "| 1 | heun, 10 steps | 4.00" in md and "| 0 | ddim eta=0, 20 steps | 4.00" in md
     from guidance.report.plots import group_series
@@ -475,11 +479,35 @@ def test_class_accuracy_column_and_plot_appear_when_measured(tmp_path):
     for w, acc in [(0.0, 0.80), (1.0, 0.90), (2.0, 0.95)]:
         _write_point(root / f"cfg-{w:g}", [], _info("cfg", w, True, 2, 0),
                      {"fid": 5.0 + w, "recall": 0.8 - 0.1 * w, "class_acc": (acc, 0.01)}, CFG_COLOUR)
-    paths = build_report(root, tmp_path / "out", progress=False)
+    paths = build_report(root, tmp_path / "out", describe=describe_point, progress=False)
     md = paths["md"].read_text()
     assert "| w | FID ↓ | sFID ↓ | IS ↑ | Precision ↑ | Recall ↑ | Class acc ↑ |" in md and "**0.950 ± 0.010**" in md
     assert paths["accuracy_recall"].stat().st_size > 0
     assert [r["class_acc"] for r in _read_csv(paths["csv"])] == ["0.8", "0.9", "0.95"]
     other = tmp_path / "no_acc"  # without the value the column stays out of the paper layout
     _write_point(other / "cfg-1", [], _info("cfg", 1.0, True, 2, 0), {"fid": 5.0}, CFG_COLOUR)
-    assert "Class acc" not in build_report(other, tmp_path / "out2", progress=False)["md"].read_text()
+    md = build_report(other, tmp_path / "out2", describe=describe_point, progress=False)["md"].read_text()
+    assert "Class acc" not in md
+
+
+def test_grid_sheet_has_no_empty_cell_and_labels_inside(sweep, tmp_path, monkeypatch):
+    """grids.png: one cell per curve at its best FID (5 curves), then a strip per multi-scale curve, headed by its
+    model's unguided point unless it has one (classifier: 1 + 2 each; cfg: its 5 points, w = 0 included); every
+    cell an image, every label inside the figure."""
+    import guidance.report.plots as plots
+
+    seen = {}
+    save = plots._save
+
+    def recording_save(fig, path):
+        fig.canvas.draw()
+        box = fig.bbox
+        seen["images"] = sum(bool(ax.images) for ax in fig.axes)
+        seen["empty"] = sum(not ax.images for ax in fig.axes)
+        inside = lambda e: box.contains(*e.p0) and box.contains(*e.p1)
+        seen["outside"] = [t.get_text() for ax in fig.axes for t in ax.texts if not inside(t.get_window_extent())]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", recording_save)
+    plots.plot_grids(collect_sweep(sweep, describe_point, progress=False), tmp_path / "grids.png")
+    assert seen == {"images": 5 + 3 + 3 + 5, "empty": 0, "outside": []}

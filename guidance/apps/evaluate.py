@@ -14,9 +14,7 @@ from omegaconf import DictConfig
 from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
 from guidance.errors import GuidanceError
 from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
-
-SCALARS = ("fid", "sfid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage", "class_acc", "cmmd",
-           "vendi")
+from guidance.metrics.registry import METRICS
 
 
 def _abs(p: str | None) -> str | None:
@@ -43,7 +41,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run.log(scalars)
     run.summary.update(scalars)
     run.finish()
-    print(f"[{out['extractor']}] " + "  ".join(f"{k}={out[k]:.4g}" for k in SCALARS if k in out))
+    print(f"[{out['extractor']}] " + "  ".join(f"{m.key}={out[m.key]:.4g}" for m in METRICS.values() if m.key in out))
     print(f"metrics -> {npz.parent / 'metrics.json'}")
     return out
 

@@ -280,6 +280,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def run_study(cfg: DictConfig, env: distributed.DistEnv) -> None:
+    from guidance.guiders import describe_point
     from guidance.report import build_report
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -294,7 +295,8 @@ def run_study(cfg: DictConfig, env: distributed.DistEnv) -> None:
     evaluator = ensure_evaluator(cfg) if env.is_main else Path()
     sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator, env.is_main)
     if env.is_main:
-        paths = build_report(sweep_dir, out_dir / "report", logger_cfg=cfg.logger, name=sweep_name_of(cfg))
+        paths = build_report(sweep_dir, out_dir / "report", describe=describe_point, logger_cfg=cfg.logger,
+                             name=sweep_name_of(cfg))
         tqdm.write(f"[report] {paths['md']}\n[report] plots in {Path(paths['fid_vs_scale']).parent}")
     distributed.barrier()
     tqdm.write(f"guidance-main: done in {(time.time() - t0) / 60:.1f} min")

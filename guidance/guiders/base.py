@@ -25,13 +25,13 @@ Two things every strategy shares live here, so that no strategy re-derives them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from guidance.description import Description, TableSpec, fmt, model_of  # noqa: F401 (for the strategies)
 from guidance.engine import ClassifierGrad, Eval, Prediction, Step
 from guidance.errors import check_scale  # noqa: F401 (re-exported for the strategies)
 from guidance.guiders.schedules import WeightSchedule
 
-__all__ = ["Guider", "TableSpec", "Description", "check_scale", "Eval", "ClassifierGrad", "Prediction", "Step",
+__all__ = ["Guider", "TableSpec", "Description", "fmt", "model_of", "check_scale", "Eval", "ClassifierGrad",
+           "Prediction", "Step",
            "extrapolate", "WeightSchedule"]
 
 ORDERS = ("difference", "weights", "lerp")
@@ -53,40 +53,6 @@ def extrapolate(main, reference, w: float, order: str = "difference"):
     if order == "lerp":
         return reference + (1 + w) * (main - reference)
     raise ValueError(f"extrapolate: order must be one of {ORDERS}, got {order!r}")
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """One tradeoff table: its key columns, where it goes, and which unguided baselines head it."""
-
-    kind: str                                # file/label key, e.g. "cfg"
-    title: str
-    key_headers: tuple[str, ...]             # e.g. ("w",) or ("Model", "Guidance", "Scale s")
-    order: int = 50                          # tables and curves are listed by this
-    classifier_cost: bool = False            # show classifier passes per sample
-    baseline_models: tuple[str, ...] = ()    # unguided baselines ("conditional", "unconditional") shown as rows
-    baseline_cells: tuple[str, ...] = ()     # their key cells; "{model}" is replaced by the model
-
-
-@dataclass(frozen=True)
-class Description:
-    """How the report shows one point."""
-
-    table: TableSpec | None                  # None: an unguided baseline (joins tables that list its model)
-    cells: tuple[str, ...] = ()              # key cells, one per table.key_headers
-    sort: tuple[float, ...] = ()             # row order within the table
-    series: str = ""                         # plot curve label
-    x: float | None = None                   # swept value on the plots' x axis
-    x_symbol: str = "scale"
-    unguided: bool = False                   # this point IS an unguided model (scale 0 or no guidance)
-
-
-def fmt(x) -> str:
-    return "–" if x is None else f"{x:g}"
-
-
-def model_of(info: dict) -> str:
-    return {True: "conditional", False: "unconditional"}.get(info.get("conditional"), "?")
 
 
 class Guider:

@@ -1,15 +1,7 @@
 """Fidelity/diversity metrics: FID, sFID, IS, KID, precision/recall, density/coverage via torch-fidelity.
 
-Importing this package registers the "inception" and "evaluator" feature extractors with torch-fidelity.
+Import what you use from its module: `registry` (the metrics and extractors, data only, no torch), `evaluate`
+(metrics.json for a samples folder), `extractors` (importing it registers the "inception" and "evaluator" feature
+extractors with torch-fidelity), `fid`, `prdc`, `statistics`. This package imports none of them itself, so the
+report can read the registry without torch.
 """
-
-from guidance.metrics.evaluate import compute_metrics, evaluate_folder, evaluate_samples, load_images_npz
-from guidance.metrics.extractors import EvaluatorExtractor, InceptionExtractor, register_extractors
-from guidance.metrics.fid import feature_statistics, frechet_distance
-from guidance.metrics.prdc import manifold_indicators, prdc
-
-__all__ = [
-    "compute_metrics", "evaluate_folder", "evaluate_samples", "load_images_npz",
-    "EvaluatorExtractor", "InceptionExtractor", "register_extractors",
-    "feature_statistics", "frechet_distance", "manifold_indicators", "prdc",
-]

@@ -30,7 +30,7 @@ from guidance.metrics.features import extract_features
 from guidance.metrics.fid import feature_statistics, frechet_distance
 from guidance.metrics.prdc import manifold_indicators
 from guidance.metrics.reference import cache_key, load_or_extract
-from guidance.metrics.registry import METRICS, extractor_spec, metrics_for
+from guidance.metrics.registry import METRICS, extractor_spec, metrics_for, results_by_extractor
 from guidance.metrics.statistics import STATISTICS, Inputs
 
 # Values used when a caller passes a partial metrics config (conf/metrics/*.yaml hold the same fields).
@@ -333,14 +333,6 @@ def export_reference_batch(path: str | Path, cfg_metrics, data_cfg, reference_np
 # ---------------------------------------------------------------------------------------------- metrics.json
 
 METRICS_FORMAT = 2  # {"format": 2, "samples", "samples_sha256", "extractors": {name: result}}
-
-
-def results_by_extractor(data: dict) -> dict[str, dict]:
-    """extractor -> result from metrics.json content; a format-1 file (one flat result) is its own extractor."""
-    if "extractors" in data:
-        found = data["extractors"] if isinstance(data["extractors"], dict) else {}
-        return {k: v for k, v in found.items() if isinstance(v, dict)}
-    return {str(data.get("extractor")): data} if data else {}
 
 
 def _results_of_same_samples(path: Path, samples_sha256: str) -> dict[str, dict]:

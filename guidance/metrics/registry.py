@@ -5,7 +5,9 @@ A metric names the statistic that computes it (guidance.metrics.statistics) and 
 extractor says which of its layers plays each role, so a metric runs on every extractor that provides its
 roles: FID on DINOv2 is FD-DINOv2, CMMD on CLIP is the paper's CMMD. Adding a metric is an entry in METRICS
 (+ its statistic); adding an extractor is an entry in EXTRACTORS (+ its class in extractors.py). report/ reads
-these tables and names neither.
+these tables and names neither: a metric's `column` says where the tables show it (the csv and the wandb table
+carry every metric), `label`/`decimals` how, `lower_is_better` which way is better (arrows, bold, plot labels).
+This module is data only (no torch): the report imports it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from guidance.errors import GuidanceError
+
+
+COLUMNS = ("always", "measured", "csv")
 
 
 @dataclass(frozen=True)
@@ -27,25 +32,42 @@ class MetricSpec:
     decimals: int
     needs_class_logits: bool = False  # logits must be the DATASET's classes (class fidelity)
     paper: str = ""
+    column: str = "csv"          # md/tex tables: "always" a column, "measured" when a row has it, "csv" never
+
+    def __post_init__(self):
+        if self.column not in COLUMNS:
+            raise ValueError(f"MetricSpec {self.name!r}: column must be one of {COLUMNS}, got {self.column!r}")
+
+    @property
+    def better(self) -> str:
+        return "lower" if self.lower_is_better else "higher"
+
+    @property
+    def arrow(self) -> str:
+        return "↓" if self.lower_is_better else "↑"
 
 
-# Paper conventions (ADM Table 4, Ho & Salimans Table 1): FID/sFID/KID/CMMD go down, the rest goes up.
+# Paper conventions (ADM Table 4, Ho & Salimans Table 1): FID/sFID/KID/CMMD go down, the rest goes up; the tables
+# show the papers' five columns (+ class accuracy where measured), in this order.
 _M = MetricSpec
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    _M("fid", "frechet", ("embedding",), "fid", "fid_std", "FID", True, 2, paper="Heusel et al. 2017"),
-    _M("sfid", "frechet", ("spatial",), "sfid", "sfid_std", "sFID", True, 2, paper="Nash et al. 2021"),
-    _M("is", "inception_score", ("logits",), "is_mean", "is_std", "IS", False, 2, paper="Salimans et al. 2016"),
+    _M("fid", "frechet", ("embedding",), "fid", "fid_std", "FID", True, 2, paper="Heusel et al. 2017",
+       column="always"),
+    _M("sfid", "frechet", ("spatial",), "sfid", "sfid_std", "sFID", True, 2, paper="Nash et al. 2021",
+       column="always"),
+    _M("is", "inception_score", ("logits",), "is_mean", "is_std", "IS", False, 2, paper="Salimans et al. 2016",
+       column="always"),
     _M("kid", "kid", ("embedding",), "kid_mean", "kid_std", "KID", True, 4, paper="Binkowski et al. 2018"),
     _M("precision", "manifold", ("embedding",), "precision", "precision_std", "Precision", False, 2,
-       paper="Kynkäänniemi et al. 2019"),
+       paper="Kynkäänniemi et al. 2019", column="always"),
     _M("recall", "manifold", ("embedding",), "recall", "recall_std", "Recall", False, 2,
-       paper="Kynkäänniemi et al. 2019"),
+       paper="Kynkäänniemi et al. 2019", column="always"),
     _M("density", "manifold", ("embedding",), "density", "density_std", "Density", False, 2,
        paper="Naeem et al. 2020"),
     _M("coverage", "manifold", ("embedding",), "coverage", "coverage_std", "Coverage", False, 2,
        paper="Naeem et al. 2020"),
     _M("class_acc", "class_fidelity", ("logits",), "class_acc", "class_acc_std", "Class acc", False, 3,
-       needs_class_logits=True),
+       needs_class_logits=True, column="measured"),
     _M("class_prob", "class_fidelity", ("logits",), "class_target_prob", "class_target_prob_std", "Target prob",
        False, 3, needs_class_logits=True),
     _M("cmmd", "cmmd", ("embedding",), "cmmd", "cmmd_std", "CMMD", True, 3, paper="Jayasumana et al. 2024"),
@@ -110,6 +132,14 @@ def metric_label(metric: str, extractor: str, qualify: bool) -> str:
     if e is not None and metric in e.labels:
         return e.labels[metric]
     return f"{METRICS[metric].label} ({extractor})" if qualify else METRICS[metric].label
+
+
+def results_by_extractor(data: dict) -> dict[str, dict]:
+    """extractor -> result from metrics.json content; a format-1 file (one flat result) is its own extractor."""
+    if "extractors" in data:
+        found = data["extractors"] if isinstance(data["extractors"], dict) else {}
+        return {k: v for k, v in found.items() if isinstance(v, dict)}
+    return {str(data.get("extractor")): data} if data else {}
 
 
 def extractor_order(name: str) -> int:

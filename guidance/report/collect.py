@@ -4,6 +4,9 @@ A sweep root is a Hydra multirun folder (runs/sweeps/NAME with one sub-folder pe
 A point is a folder holding sample_info.json or metrics.json, or a Hydra job folder (`.hydra/`) that wrote
 neither (the job failed). Nothing is dropped silently: a point without metrics, with an unreadable file or from
 a failed job becomes a record with missing values and a `status` saying why.
+
+How a point is shown (its table, key cells and curve) is the strategy's business: the caller passes its describe
+function (`guidance.guiders.describe_point`), so this package reads data and imports no strategy.
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from tqdm import tqdm
 
+from guidance.description import Description
 from guidance.errors import GuidanceError
-from guidance.guiders import Description, describe_point
-from guidance.metrics.evaluate import results_by_extractor
-from guidance.metrics.registry import METRICS, extractor_order
+from guidance.metrics.registry import METRICS, extractor_order, results_by_extractor
 
 MODEL_ORDER = {False: 0, True: 1, None: 2}  # ADM Table 4 lists the unconditional model first
+Describe = Callable[[dict], "Description | None"]  # a point's sample_info -> how to show it (None: unknown strategy)
 
 
 OK = "ok"
@@ -38,7 +42,6 @@ class Point:
     status: str = OK
     strategy: str | None = None
     scale: float | None = None
-    classifier_scale: float | None = None  # cfg_classifier only: s
     conditional: bool | None = None
     sampler: str | None = None
     steps: int | None = None
@@ -152,7 +155,6 @@ def _fill_from_info(p: Point, info: dict) -> None:
     p.info = info
     p.strategy = info.get("strategy")
     p.scale = _number(info.get("scale"))
-    p.classifier_scale = _number(info.get("classifier_scale"))
     cond = info.get("conditional")
     p.conditional = cond if isinstance(cond, bool) else None
     p.sampler = info.get("sampler")
@@ -165,23 +167,35 @@ def _fill_from_info(p: Point, info: dict) -> None:
     p.classifier_backward = _number(per_sample.get("classifier_backward"))
 
 
-def _fill_from_overrides(p: Point, overrides: dict[str, str]) -> None:
-    def num(key):
-        try:
-            return float(overrides[key])
-        except (KeyError, ValueError):
-            return None
+def _override_value(text: str):
+    """An override's value as sample_info would record it: a float where it reads as a number (Hydra's "1e-3"
+    too), else its YAML value ("true", "[middle]"), else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
+
+def _strategy_fields(overrides: dict[str, str]) -> dict:
+    """The `guidance.<field>=<value>` overrides of a job as strategy fields (what a failed job's row can tell)."""
+    return {k[len("guidance."):]: _override_value(v) for k, v in overrides.items() if k.startswith("guidance.")}
+
+
+def _fill_from_overrides(p: Point, overrides: dict[str, str]) -> None:
     p.strategy = p.strategy or overrides.get("guidance")
-    p.scale = p.scale if p.scale is not None else num("guidance.scale")
-    p.classifier_scale = p.classifier_scale if p.classifier_scale is not None else num("guidance.classifier_scale")
+    if p.scale is None:
+        p.scale = _number(_strategy_fields(overrides).get("scale"))
     if p.conditional is None:
         for key, value in overrides.items():
             if key.endswith("conditional") and value.lower() in ("true", "false"):
                 p.conditional = value.lower() == "true"
 
 
-def read_point(folder: Path, root: Path) -> Point:
+def read_point(folder: Path, root: Path, describe: Describe) -> Point:
     name = str(folder.relative_to(root)) if folder != root else "."
     p = Point(name=name, folder=folder)
     info_path, metrics_path = folder / "sample_info.json", folder / "metrics.json"
@@ -199,7 +213,8 @@ def read_point(folder: Path, root: Path) -> Point:
         else:
             p.results = results_by_extractor(metrics)
             p.num_samples = p.num_samples or p.metrics.get("num_samples")
-    _fill_from_overrides(p, _hydra_overrides(folder))
+    overrides = _hydra_overrides(folder)
+    _fill_from_overrides(p, overrides)
     if problems:
         p.status = "; ".join(problems)
     elif not info_path.exists() and not metrics_path.exists():
@@ -209,9 +224,9 @@ def read_point(folder: Path, root: Path) -> Point:
     elif not info_path.exists():
         p.status = "missing sample_info.json"
     if p.strategy is not None:
-        fields = {"conditional": p.conditional, "scale": p.scale, "classifier_scale": p.classifier_scale}
+        fields = {**_strategy_fields(overrides), "conditional": p.conditional, "scale": p.scale}
         info = {**p.info, "strategy": p.strategy, **{k: v for k, v in fields.items() if k not in p.info}}
-        p.desc = describe_point(info)
+        p.desc = describe(info)
         if p.desc is None and p.status == OK:
             p.status = f"unknown strategy {p.strategy!r}"
         if p.conditional is None and p.desc is not None and p.desc.table is not None and \
@@ -245,8 +260,10 @@ def _sweep_name(root: Path) -> str:
     return name if isinstance(name, str) and "${" not in name else root.resolve().name
 
 
-def collect_sweep(sweep_dir: str | os.PathLike, exclude: list[str | os.PathLike] = (), progress: bool = True) -> Sweep:
-    """Read every point below `sweep_dir`. Raises GuidanceError for a missing folder, no points, mixed extractors."""
+def collect_sweep(sweep_dir: str | os.PathLike, describe: Describe, exclude: list[str | os.PathLike] = (),
+                  progress: bool = True) -> Sweep:
+    """Read every point below `sweep_dir`, each shown as `describe(sample_info)` says (e.g.
+    guidance.guiders.describe_point). Raises GuidanceError for a missing folder, no points, mixed extractors."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise GuidanceError(f"sweep_dir {str(root)!r} is not a folder: pass sweep_dir=<a sweep output folder, e.g. runs/sweeps/NAME>")
@@ -254,7 +271,7 @@ def collect_sweep(sweep_dir: str | os.PathLike, exclude: list[str | os.PathLike]
     if not folders:
         raise GuidanceError(f"no sweep points under {str(root)!r} (no sample_info.json, metrics.json or Hydra job folder): "
                             "run guidance-sample -m (and guidance-evaluate) into it first")
-    points = [read_point(f, root) for f in tqdm(folders, desc="reading sweep", disable=not progress)]
+    points = [read_point(f, root, describe) for f in tqdm(folders, desc="reading sweep", disable=not progress)]
 
     return Sweep(root=root, points=points, name=_sweep_name(root), extractors=_feature_spaces(points))
 

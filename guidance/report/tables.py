@@ -1,10 +1,13 @@
 """Tradeoff tables in the papers' layouts, written as Markdown, CSV and LaTeX (booktabs).
 
-Each guidance strategy describes its own table (guidance.guiders: TableSpec + describe): its title, key columns,
-cost columns and which unguided baselines head it, e.g. ADM Table 4 (Dhariwal & Nichol 2021: model x guidance x s,
-both models) or Ho & Salimans 2022 Table 1 (one row per w, the conditional model's unguided point as w = 0).
+Each guidance strategy describes its own table (a guidance.description.TableSpec, from the describe function the
+caller passed to collect_sweep): its title, key columns, cost columns and which unguided baselines head it, e.g.
+ADM Table 4 (Dhariwal & Nichol 2021: model x guidance x s, both models) or Ho & Salimans 2022 Table 1 (one row per
+w, the conditional model's unguided point as w = 0).
 A table is emitted when the sweep has a guided point of it; nothing here names a strategy. Points whose strategy
-is unknown (failed before writing anything Hydra could tell) go at the end of the first table.
+is unknown (failed before writing anything Hydra could tell) go at the end of the first table. Nothing here names a
+metric either: the registry (guidance.metrics.registry) says which metrics are columns, their labels, decimals
+and which way is better; the csv carries every registry metric.
 
 Best per column: bold (md/tex) or `<metric>_best == "best"` (csv). Not called when the runner-up lies within the
 spread: the intervals best ± std and runner-up ± std overlap (missing std counts as 0, so exact ties are not
@@ -17,13 +20,11 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from guidance.guiders import TableSpec
+from guidance.description import TableSpec
 from guidance.metrics.registry import EXTRACTORS, METRICS, metric_label, supported
 from guidance.report.collect import MODEL_ORDER, OK, Point, Sweep, is_finite
 
 DASH = "–"  # missing value
-PAPER_METRICS = ("fid", "sfid", "is", "precision", "recall")  # md/tex columns; csv carries all METRICS
-SHOWN_IF_MEASURED = ("class_acc",)  # md/tex columns too, when some row of the table has the value
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,20 @@ def sweep_columns(sweep: Sweep, measured=lambda c: True) -> list[Column]:
 
 
 def _table_columns(sweep: Sweep, rows: list[Point]) -> list[Column]:
-    """The paper's columns on the leading extractor (+ class accuracy when measured), then each further
-    extractor's headline metrics (FD_DINOv2, CMMD, ...) where measured."""
+    """The leading extractor's metrics the registry shows as columns ("always", or "measured" when some row has
+    the value), in registry order; then each further extractor's headline metrics (FD_DINOv2, CMMD, ...) where
+    measured."""
     has = lambda c: any(c.value(p) is not None for p in rows)
     out = []
     for c in sweep_columns(sweep):
         if c.leading:
-            keep = c.metric in PAPER_METRICS or (c.metric in SHOWN_IF_MEASURED and has(c))
+            column = METRICS[c.metric].column
+            keep = column == "always" or (column == "measured" and has(c))
         else:
             keep = c.metric in EXTRACTORS[c.extractor].headline and has(c) if c.extractor in EXTRACTORS else False
         if keep:
             out.append(c)
-    order = {m: i for i, m in enumerate(PAPER_METRICS + SHOWN_IF_MEASURED)}
-    return sorted(out, key=lambda c: (not c.leading, order.get(c.metric, 99) if c.leading else 0))
+    return sorted(out, key=lambda c: not c.leading)  # stable: registry order within each group
 UNKNOWN = TableSpec("unknown", "Points of unknown strategy", ("Model", "Guidance", "Scale"), order=99,
                     classifier_cost=True)
 MATCHED = TableSpec("matched_cost", "Strategies at matched cost: each curve at its best-FID scale",
@@ -254,8 +256,7 @@ def _has_status(t: Table) -> bool:
 
 
 def _grid(t: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
-    arrow = {True: "↓", False: "↑"}
-    headers = _key_headers(t) + [f"{c.label} {arrow[METRICS[c.metric].lower_is_better]}" for c in t.columns]
+    headers = _key_headers(t) + [f"{c.label} {METRICS[c.metric].arrow}" for c in t.columns]
     headers += _cost_headers(t) + (["Status"] if _has_status(t) else [])
     body = []
     for i, p in enumerate(t.rows):
@@ -266,9 +267,18 @@ def _grid(t: Table, pm: str, bold) -> tuple[list[str], list[list[str]]]:
     return headers, body
 
 
+def _better_note(columns: list[Column]) -> str:
+    """ "Lower is better for FID/sFID, higher for IS/Recall; " for the columns shown, from the registry."""
+    side = {way: "/".join(c.label for c in columns if METRICS[c.metric].better == way) for way in ("lower", "higher")}
+    parts = [f"{way} for {labels}" for way, labels in side.items() if labels]
+    if not parts:
+        return ""
+    text = ", ".join(parts).replace(" for ", " is better for ", 1)
+    return text[0].upper() + text[1:] + "; "
+
+
 def _notes(t: Table) -> list[str]:
-    notes = ["Lower is better for FID/sFID/KID/CMMD, higher for IS/precision/recall/class accuracy; bold marks the "
-             "best value per column."]
+    notes = [f"{_better_note(t.columns)}bold marks the best value per column."]
     shown = {c.id for c in t.columns}
     uncalled = [why for c, why in t.not_called.items() if c in shown]
     if uncalled:
@@ -329,7 +339,7 @@ def to_latex(tables: list[Table]) -> str:
 
 
 def csv_columns(columns: list[Column]) -> list[str]:
-    cols = ["table", "model", "strategy", "scale", "classifier_scale", "x", "series"]
+    cols = ["table", "model", "strategy", "scale", "x", "series"]
     for c in columns:
         cols += [c.id, f"{c.id}_std", f"{c.id}_best"]
     return cols + ["nfe_per_sample", "classifier_forward_per_sample", "classifier_backward_per_sample",
@@ -339,8 +349,9 @@ def csv_columns(columns: list[Column]) -> list[str]:
 def to_csv(tables: list[Table], sweep: Sweep) -> str:
     """One long CSV over all tables (a `table` column tells which); missing numbers are empty cells.
 
-    `scale` is the point's own scale (s or w), `classifier_scale` the s of a combined strategy, `x` the value the
-    plots sweep and `series` the curve it belongs to. Metrics of the leading extractor (`extractor` column) have
+    `scale` is the point's own scale (s or w), `x` the value the plots sweep (e.g. s for CFG + classifier
+    guidance) and `series` the curve it belongs to (with the strategy's other settings).
+    Metrics of the leading extractor (`extractor` column) have
     bare names (fid, fid_std, fid_best); those of further extractors are prefixed (dinov2_fid, clip_cmmd).
     """
     buf = io.StringIO()
@@ -351,7 +362,7 @@ def to_csv(tables: list[Table], sweep: Sweep) -> str:
     for t in tables:
         for i, p in enumerate(t.rows):
             row = dict(table=t.kind, model=p.model, strategy=e(p.strategy), scale=e(p.scale),
-                       classifier_scale=e(p.classifier_scale), x=e(p.x),
+                       x=e(p.x),
                        series=p.desc.series if p.desc else "",
                        nfe_per_sample=e(p.nfe), classifier_forward_per_sample=e(p.classifier_forward),
                        classifier_backward_per_sample=e(p.classifier_backward), num_samples=e(p.num_samples),

@@ -11,8 +11,9 @@ import io
 import os
 from pathlib import Path
 
+from guidance.metrics.registry import METRICS
 from guidance.report.collect import Sweep, is_finite
-from guidance.report.plots import group_series, x_of
+from guidance.report.plots import group_series, shown_metrics, x_of
 
 
 def _cell(text: str):
@@ -47,7 +48,7 @@ def log_summary(sweep: Sweep, csv_text: str, plots: dict[str, Path], logger_cfg,
     try:
         rows = list(csv.reader(io.StringIO(csv_text)))
         log = {"tradeoff/table": wandb.Table(columns=rows[0], data=[[_cell(c) for c in r] for r in rows[1:]])}
-        for metric in ("fid", "is", "precision", "recall"):
+        for metric in shown_metrics(sweep.points):  # the registry's table metrics the sweep measured
             series = {k: [p for p in pts if is_finite(p.value(metric)) and x_of(p) is not None]
                       for k, pts in group_series(sweep.points).items() if not pts[0].baseline}
             series = {k: pts for k, pts in series.items() if pts}
@@ -55,7 +56,8 @@ def log_summary(sweep: Sweep, csv_text: str, plots: dict[str, Path], logger_cfg,
                 log[f"tradeoff/charts/{metric}_vs_scale"] = wandb.plot.line_series(
                     xs=[[x_of(p) for p in pts] for pts in series.values()],
                     ys=[[p.value(metric) for p in pts] for pts in series.values()],
-                    keys=list(series), title=f"{metric} vs guidance scale", xname="scale")
+                    keys=list(series), title=f"{METRICS[metric].label} vs guidance scale ({METRICS[metric].better} "
+                    "is better)", xname="scale")
         for name, path in plots.items():
             log[f"tradeoff/plots/{name}"] = wandb.Image(str(path))
         for p in sweep.points:  # each point's own grid, so the dashboard can page through them
