@@ -221,6 +221,10 @@ def log_run(cfg: DictConfig, out_dir: Path, info: dict) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    if cfg.evaluate:  # bad metrics settings fail before any sampling
+        from guidance.metrics.evaluate import metrics_config
+
+        metrics_config(cfg.metrics)
     npz = run_sample(cfg, HydraConfig.get().runtime.output_dir)
     if cfg.evaluate and int(os.environ.get("RANK", "0")) == 0:
         evaluate_point(cfg, npz)
