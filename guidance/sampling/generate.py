@@ -106,13 +106,17 @@ def finished_samples(out_dir: Path, info: dict, match_keys) -> dict | None:
 
 def reuse_line(out_dir: Path, old: dict, info: dict) -> str:
     """What a reused point says: its samples were made under the numerics it records, named when this run's differ
-    (another batch size or thread count gives the same samples to float rounding, not bitwise: README)."""
+    (another batch size or thread count gives the same samples to float rounding, not necessarily bitwise:
+    README "Reproducibility")."""
     line = f"{out_dir / 'samples.npz'} already holds these samples; skipping"
-    was, now = old.get("numerics") or {}, info.get("numerics") or {}
+    was, now = old.get("numerics"), info.get("numerics") or {}
+    if was is None:
+        return line + " (its batch size and thread count were not recorded: equal to float rounding, maybe bitwise)"
     differ = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
     if differ:
         line += (" (made with " + ", ".join(f"{k}={a}" for k, (a, _) in differ.items()) + "; this run: "
-                 + ", ".join(f"{k}={b}" for k, (_, b) in differ.items()) + ": equal to float rounding, not bitwise)")
+                 + ", ".join(f"{k}={b}" for k, (_, b) in differ.items())
+                 + ": equal to float rounding, not necessarily bitwise)")
     return line
 
 
