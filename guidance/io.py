@@ -1,15 +1,20 @@
-"""Atomic file writes: a crash mid-write never leaves a truncated checkpoint or result file."""
+"""Atomic file writes (a crash mid-write never leaves a truncated checkpoint or result file) and one-writer
+folder locks."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
-
 import io
 import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -106,13 +111,15 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda f: f.write(text), mode="w")
 
 
-def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    def write(f):
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        f.write(buf.getvalue())
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """The bytes of an .npz holding `arrays` (np.savez), so a writer can hash exactly what it writes."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
-    return _atomic_write(path, write)
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    return atomic_write_bytes(npz_bytes(**arrays), path)
 
 
 def _json_default(x: Any) -> Any:
@@ -125,9 +132,65 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+LOCK_NAME = ".writer.lock"
+
+
+@contextlib.contextmanager
+def exclusive_writer(folder: str | os.PathLike, hint: str = "wait for it to finish or write elsewhere"):
+    """Hold `folder`'s writer lock (an flock on folder/.writer.lock) for the block: a second writer is refused
+    with one line naming the holder (host, pid, since when). The kernel drops an flock when its holder dies, so a
+    killed writer's lock is recovered by the next run with nothing to clean up. A filesystem without flock gets a
+    warning and no lock (the readers' size + sha256 checks still catch a mixed folder)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _lock(path, hint)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise GuidanceError(f"cannot lock {path}: {e.strerror or e} ({type(e).__name__}); choose another "
+                                "output path") from None
+        print(f"warning: {path.parent} cannot be locked here ({e.strerror}); make sure no other run writes it",
+              file=sys.stderr)
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still holding the lock: a waiting opener of this inode re-checks it (see _lock)
+        os.close(fd)
+
+
+def _lock(path: Path, hint: str) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process that is starting"
+            os.close(fd)
+            raise GuidanceError(f"{path.parent} is being written by another run ({holder}): {hint}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder we waited on may have unlinked the file: then lock the new one instead
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    return fd

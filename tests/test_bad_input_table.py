@@ -44,6 +44,7 @@ def world(tmp_path_factory):
     np.savez(d / "empty.npz", arr_0=np.zeros((0, SIZE, SIZE, 1), np.uint8))
     np.savez(d / "nchw.npz", arr_0=np.zeros((4, 1, SIZE, SIZE), np.uint8))
     np.savez(d / "float_labels.npz", arr_0=np.zeros((4, SIZE, SIZE, 1), np.uint8), arr_1=np.full(4, 0.5))
+    np.savez(d / "unlabelled.npz", arr_0=np.zeros((4, SIZE, SIZE, 1), np.uint8))
     (d / "empty_root").mkdir()
     return d
 
@@ -71,6 +72,25 @@ def train(world, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=debug", "logger=none", f"out_dir={world / 'train'}", *overrides])
     run(cfg, world / "train")
+
+
+def second_writer(world):
+    from guidance.io import exclusive_writer
+
+    with exclusive_writer(world / "out"):  # as a running guidance-sample holds it
+        sample(world)
+
+
+def mid_write(world):
+    """A sample folder between a new run's samples.npz and its sample_info.json (killed there, or still running)."""
+    from guidance.io import atomic_save_npz
+    from guidance.sampling.generate import save_samples
+
+    save_samples(world / "window", torch.zeros(16, 1, SIZE, SIZE, dtype=torch.uint8), torch.zeros(16, dtype=torch.long),
+                 {"num_samples": 16})
+    atomic_save_npz(world / "window" / "samples.npz", arr_0=np.ones((24, SIZE, SIZE, 1), np.uint8),
+                    arr_1=np.zeros(24, np.int64))
+    evaluate(world, "window")
 
 
 def full_disk(world):
@@ -107,12 +127,17 @@ CASES = [  # (what, input, call)
          __import__("guidance.diffusion", fromlist=["x"]).create_diffusion(steps=1000), "edm5000")),
     ("sampling", "`compile=1`", lambda w: sample(w, "compile=1")),
     ("sampling", "`unet_ckpt` truncated", lambda w: sample(w, f"unet_ckpt={w / 'truncated.pt'}")),
+    ("sampling", "a second run in a point folder being written (one `hydra.run.dir`)", second_writer),
     ("evaluation", "an npz with no images", lambda w: evaluate(w, "empty.npz")),
     ("evaluation", "an NCHW npz", lambda w: evaluate(w, "nchw.npz")),
     ("evaluation", "float labels in `arr_1`", lambda w: evaluate(w, "float_labels.npz")),
     ("evaluation", "`metrics.compute=[sfid]` with `metrics.extractor=dinov2`",
      lambda w: evaluate(w, "nchw.npz", extractor="dinov2", compute=["sfid"])),
     ("evaluation", "`metrics.compute=[fd]` (unknown metric)", lambda w: evaluate(w, "nchw.npz", compute=["fd"])),
+    ("evaluation", "`metrics.compute=[]`", lambda w: evaluate(w, "nchw.npz", compute=[])),
+    ("evaluation", "`metrics.compute=[class_acc]` on unlabelled samples",
+     lambda w: evaluate(w, "unlabelled.npz", compute=["class_acc"])),
+    ("evaluation", "a sample folder between a new `samples.npz` and its `sample_info.json`", mid_write),
     ("training", "`training.seed=-1`", lambda w: train(w, "training.seed=-1")),
     ("training", "`training.unet_lr=-0.001`", lambda w: train(w, "training.unet_lr=-0.001")),
     ("training", "`training.batch_size=12.5`", lambda w: train(w, "training.batch_size=12.5")),
@@ -131,6 +156,7 @@ def run_cases(world) -> list[tuple[str, str, str]]:
             call(world)
         line = str(e.value)
         assert "\n" not in line, (given, line)
+        line = re.sub(r"\(host [^)]*, pid \d+, since [^)]*\)", "(host H, pid P, since T)", line)  # varies per run
         rows.append((what, given, re.sub(re.escape(str(world)), "<dir>", line)))
     return rows
 

@@ -52,3 +52,34 @@ def test_streams_are_per_image_and_label_mode_does_not_shift_noise():
     assert torch.equal(c.randn((4,)), d.randn((4,)))  # drawing labels never consumed noise
     assert torch.equal(c.labels(K), d.labels(K))
     assert image_seed(0, 1) != image_seed(1, 0)
+
+
+def test_a_unet_at_another_batch_size_same_draws_and_images_to_float_rounding():
+    """The README's condition, checked on a real (tiny) U-Net under the CPU default layout (channels_last): labels
+    and noise are bitwise the same at batch 4 and 12, the images only to float rounding (CPU kernels block by the
+    batch shape), so at most one uint8 level apart; at the same batch size and thread count, bitwise."""
+    from guidance.data import to_uint8
+    from guidance.nn import UNet
+    from guidance.sampling.generate import sample_batch
+    from guidance.sampling.runtime import Runtime
+
+    torch.manual_seed(0)
+    unet = UNet(image_size=8, in_channels=1, model_channels=8, out_channels=1, num_res_blocks=1,
+                attention_resolutions=[], channel_mult=[1, 2], num_classes=K, learn_sigma=True).eval()
+    sampler = DDPMSampler(create_diffusion(40, model_var_type="learned_range"), "20")
+    denoiser = GuidedDenoiser(ClassifierFreeGuidance(1.5), {"unet": unet}, null_label=K,
+                              runtime=Runtime("fp32", channels_last=True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count is part of the condition: fixed here
+    try:
+        def run(batch, n=12):
+            parts = [sample_batch(sampler, denoiser, (1, 8, 8), s, min(s + batch, n), 0, K, "uniform", "cpu")
+                     for s in range(0, n, batch)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+        (x4, y4), (x12, y12), (again, _) = run(4), run(12), run(4)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y4, y12) and len(set(y4.tolist())) > 1
+    assert (x4.int() - x12.int()).abs().max() <= 1 and x4.float().std() > 10  # real images, not a constant
+    assert torch.equal(x4, again)

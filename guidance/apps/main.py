@@ -281,6 +281,7 @@ def main(cfg: DictConfig) -> None:
 
 def run_study(cfg: DictConfig, env: distributed.DistEnv) -> None:
     from guidance.guiders import describe_point
+    from guidance.metrics.evaluate import metrics_config as metrics_settings
     from guidance.report import build_report
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -290,6 +291,7 @@ def run_study(cfg: DictConfig, env: distributed.DistEnv) -> None:
                + (f"  [{env.world_size} processes]" if env.distributed else ""))
     points = sweep_points(cfg)  # a bad sweep spec fails before any training
     check_reference_data(cfg)   # and a missing dataset before any sampling
+    metrics_settings(cfg.metrics)  # and bad metrics settings (metrics.compute=[]) before any training
     models = ensure_models(cfg, out_dir)
     models["weak"] = ensure_weak(cfg, points)
     evaluator = ensure_evaluator(cfg) if env.is_main else Path()

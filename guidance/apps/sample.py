@@ -10,6 +10,7 @@ A job whose samples.npz exists with matching sample_info.json is skipped (resume
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,13 +29,15 @@ from guidance.engine import cost_per_sample
 from guidance.errors import GuidanceError, check_scale
 from guidance.io import sha256_file
 from guidance.sampling import LABEL_MODES, GuidedDenoiser
-from guidance.sampling.runtime import Runtime
-from guidance.sampling.generate import finished_samples, generate_parts, merge_parts, save_samples
+from guidance.sampling.runtime import Runtime, numerics
+from guidance.sampling.generate import (finished_samples, generate_parts, merge_parts, point_writer, reuse_line,
+                                       save_samples)
 from guidance.training import distributed
 from guidance.training.checkpoint import load_snapshot
 
-# sample_info fields that decide whether an existing samples.npz can be reused (batch size and device do not
-# change the samples: per-image seeds). x0_clip: CFG++ points sampled while it still clipped are not reused.
+# sample_info fields that decide whether an existing samples.npz can be reused. The numerics (batch size, thread
+# count) are recorded but not matched: per-image seeds make them change the samples only by float rounding.
+# x0_clip: CFG++ points sampled while it still clipped are not reused.
 MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
               "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine",
               "runtime", "x0_clip")
@@ -136,6 +139,11 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     out_dir, t0 = Path(out_dir), time.time()
     check_request(cfg)
     env = distributed.setup(cfg.device)
+    with point_writer(out_dir) if env.is_main else contextlib.nullcontext():  # rank 0 holds it for the job
+        return _sample_point(cfg, out_dir, env, t0)
+
+
+def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
     guider = build(cfg.guidance)
     networks, unet_meta, clf_meta = load_networks(cfg, guider, env.device)
     mc = unet_meta["model_config"]
@@ -148,11 +156,16 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
                               null_trained=null_trained)
     classes = mc["num_classes"] or (clf_meta["model_config"]["num_classes"] if clf_meta else 1)
     info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
-            "batching": denoiser.batching_for(env.device), "num_classes": classes}
-    if finished_samples(out_dir, info, MATCH_KEYS):
-        print(f"{out_dir / 'samples.npz'} already holds these samples; skipping")
+            "batching": denoiser.batching_for(env.device), "num_classes": classes,
+            "numerics": numerics(env.device, int(cfg.batch_size))}
+    old = finished_samples(out_dir, info, MATCH_KEYS)
+    if old is not None:
+        print(reuse_line(out_dir, old, info))
         return out_dir / "samples.npz"
-    plan = hashlib.sha256(json.dumps([{k: info.get(k) for k in MATCH_KEYS}, int(cfg.batch_size)], sort_keys=True,
+    # The plan: the settings and the batch size and thread count, so a resume never mixes batches of two batch
+    # sizes or thread counts into one point (its recorded numerics hold for every image).
+    arithmetic = {k: info["numerics"][k] for k in ("batch_size", "threads")}
+    plan = hashlib.sha256(json.dumps([{k: info.get(k) for k in MATCH_KEYS}, arithmetic], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
     parts = out_dir / f".parts-{plan}"
     generate_parts(sampler, denoiser, (mc["in_channels"], mc["image_size"], mc["image_size"]), int(cfg.num_samples),
@@ -208,6 +221,10 @@ def log_run(cfg: DictConfig, out_dir: Path, info: dict) -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    if cfg.evaluate:  # bad metrics settings fail before any sampling
+        from guidance.metrics.evaluate import metrics_config
+
+        metrics_config(cfg.metrics)
     npz = run_sample(cfg, HydraConfig.get().runtime.output_dir)
     if cfg.evaluate and int(os.environ.get("RANK", "0")) == 0:
         evaluate_point(cfg, npz)

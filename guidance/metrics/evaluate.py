@@ -11,6 +11,8 @@ IS / KID go through torch-fidelity's feature-level functions; FID, sFID, P&R, D&
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import time
 import zipfile
@@ -73,8 +75,24 @@ def metrics_config(cfg) -> dict:
     unknown = set(c) - set(DEFAULTS)
     if unknown:
         raise GuidanceError(f"unknown metrics option(s) {sorted(unknown)}: known are {sorted(DEFAULTS)}")
-    metrics_for(c["extractor"], c["compute"])  # validates the extractor and the metric names
+    compute = c["compute"]
+    if isinstance(compute, str) or (compute is not None and not isinstance(compute, (list, tuple))):
+        raise GuidanceError(f"metrics.compute={compute!r} must be a list of metric names, e.g. [fid,precision], "
+                            "or null for every metric the extractor supports")
+    if compute is not None and len(compute) == 0:
+        raise GuidanceError("metrics.compute=[] asks for no metric: list some (e.g. metrics.compute=[fid,precision]) "
+                            "or set metrics.compute=null for every metric the extractor supports")
+    metrics_for(c["extractor"], compute)  # validates the extractor and the metric names
     return c
+
+
+def check_labels_for(c: dict, labels) -> None:
+    """Class metrics named in metrics.compute need the samples' labels: refused before any features are made,
+    instead of a result without the one metric asked for (the default list simply has none for unlabelled ones)."""
+    asked = [m for m in (c["compute"] or []) if METRICS[m].needs_class_logits]
+    if labels is None and asked:
+        raise GuidanceError(f"metrics.compute asks for {asked} but the samples have no labels (no arr_1): drop "
+                            f"{', '.join(asked)} from metrics.compute or evaluate labelled samples")
 
 
 # ---------------------------------------------------------------------------------------------- input files
@@ -98,11 +116,12 @@ def _check_nhwc_uint8(arr: np.ndarray, path: Path, what: str) -> None:
                             f"(convert with guidance.data.to_uint8 before saving)")
 
 
-def load_images_npz(path: str | Path, what: str = "samples") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """ADM batch layout: arr_0 uint8 NHWC, optional arr_1 int labels -> (uint8 NCHW, int64 labels | None)."""
+def load_images_npz(path: str | Path, what: str = "samples", file=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ADM batch layout: arr_0 uint8 NHWC, optional arr_1 int labels -> (uint8 NCHW, int64 labels | None).
+    `file`: read from this open binary file instead of `path` (named in messages)."""
     path = Path(path)
     try:
-        z = np.load(path, allow_pickle=False)
+        z = np.load(file if file is not None else path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise GuidanceError(f"{what} {path} is not a readable .npz ({type(e).__name__}): expected arr_0 uint8 NHWC")
     with z:
@@ -260,6 +279,7 @@ def evaluate_samples(images: torch.Tensor, labels: torch.Tensor | None, cfg_metr
                      reference_npz: str | Path | None = None) -> dict:
     """uint8 NCHW samples (+ labels) vs the reference set -> one extractor's result (nothing written but the cache)."""
     c = metrics_config(cfg_metrics)
+    check_labels_for(c, labels)
     t0 = time.time()
     ref_name, ref_key, ref_split, ref_shape = reference_description(data_cfg, reference_npz, c)
     if tuple(images.shape[1:]) != ref_shape:
@@ -346,17 +366,50 @@ def _results_of_same_samples(path: Path, samples_sha256: str) -> dict[str, dict]
     return results_by_extractor(data)
 
 
-def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None,
-                    samples_sha256: str | None = None) -> dict:
+@contextlib.contextmanager
+def open_samples(npz: Path):
+    """(open file, sha256) of a samples file: hashed and later decoded from ONE open file, so a writer's rename
+    in between cannot mix two files. In a sample job's folder (sample_info.json beside samples.npz) the file must
+    be the one the info describes (size and sha256 recorded at writing): otherwise a sampling run is writing the
+    folder or was killed between its two writes, and the report would pair these images with another run's count
+    and settings, so it is refused in one line."""
+    with open(npz, "rb") as f:
+        digest = hashlib.sha256()
+        while block := f.read(1 << 20):
+            digest.update(block)
+        size, sha = f.tell(), digest.hexdigest()
+        info_path = npz.parent / "sample_info.json"
+        if npz.name == "samples.npz" and info_path.exists():
+            _check_described(npz, info_path, size, sha)
+        f.seek(0)
+        yield f, sha
+
+
+def _check_described(npz: Path, info_path: Path, size: int, sha: str) -> None:
+    try:
+        recorded = json.loads(info_path.read_text()).get("samples_file") or {}
+    except (OSError, ValueError, AttributeError):
+        raise GuidanceError(f"{info_path} is unreadable: rerun guidance-sample for {npz.parent}") from None
+    if recorded and (recorded.get("bytes"), recorded.get("sha256")) != (size, sha):
+        raise GuidanceError(f"{npz} is not the file its sample_info.json describes (size or sha256 differ): a "
+                            f"guidance-sample run is writing {npz.parent} or was killed before finishing it; wait "
+                            "for it, or rerun guidance-sample there")
+
+
+def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: str | Path | None = None) -> dict:
     """Evaluate `folder/samples.npz` (or a samples .npz path) and write this extractor's result into the
-    `metrics.json` beside it; results of other extractors for the same samples are kept. `samples_sha256`: the
-    npz's hash when the caller already has it (a 50k-image batch is hashed once, not twice)."""
+    `metrics.json` beside it; results of other extractors for the same samples are kept. A sample job's samples
+    are evaluated only when they are the file its sample_info.json describes (open_samples)."""
     metrics_config(cfg_metrics)  # bad settings fail before any file is read
     npz = find_samples_npz(folder)
-    images, labels = load_images_npz(npz)
+    with open_samples(npz) as (f, sha):
+        return _evaluate_open(npz, f, sha, cfg_metrics, data_cfg, reference_npz)
+
+
+def _evaluate_open(npz: Path, f, samples_sha: str, cfg_metrics, data_cfg, reference_npz) -> dict:
+    images, labels = load_images_npz(npz, file=f)
     out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)
     out["samples"] = str(npz)
-    samples_sha = samples_sha256 or ext.sha256_file(npz)
     path = npz.parent / "metrics.json"
     results = {**_results_of_same_samples(path, samples_sha), out["extractor"]: out}
     atomic_write_json({"format": METRICS_FORMAT, "samples": str(npz), "samples_sha256": samples_sha,
@@ -390,11 +443,11 @@ def evaluate_folder_if_stale(folder: str | Path, cfg_metrics, data_cfg,
         recorded = json.loads(used.read_text()) if used.is_file() else {}
     except (OSError, ValueError):
         recorded = {}
-    samples_sha = ext.sha256_file(npz)
-    if (recorded.get("samples_sha256") == samples_sha and recorded.get(settings["extractor"]) == settings
-            and settings["extractor"] in _results_of_same_samples(metrics, samples_sha)):
-        return None
-    out = evaluate_folder(npz, cfg_metrics, data_cfg, reference_npz, samples_sha256=samples_sha)
+    with open_samples(npz) as (f, samples_sha):
+        if (recorded.get("samples_sha256") == samples_sha and recorded.get(settings["extractor"]) == settings
+                and settings["extractor"] in _results_of_same_samples(metrics, samples_sha)):
+            return None
+        out = _evaluate_open(npz, f, samples_sha, cfg_metrics, data_cfg, reference_npz)
     kept = recorded if recorded.get("samples_sha256") == samples_sha else {}
     atomic_write_json({**kept, "samples_sha256": samples_sha, settings["extractor"]: settings}, used)
     return out

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from guidance.data import to_uint8
 from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
-from guidance.io import atomic_save_npz, atomic_write_json, sha256_file
+from guidance.io import (atomic_save_npz, atomic_write_bytes, atomic_write_json, exclusive_writer, npz_bytes,
+                         sha256_bytes, sha256_file)
 from guidance.sampling.rng import PerImageRNG
 
 
@@ -95,32 +96,58 @@ def same_setting(key: str, old, new, match_keys) -> bool:
     return old == new
 
 
-def finished_samples(out_dir: Path, info: dict, match_keys) -> bool:
-    """Whether out_dir already holds samples made with these settings: its sample_info agrees on match_keys AND
-    the samples.npz beside it is the very file that info describes (size and sha256 recorded at writing), so a
-    truncated or swapped npz, or one left by a crash between the two writes, is never taken as finished."""
+def finished_samples(out_dir: Path, info: dict, match_keys) -> dict | None:
+    """The sample_info of out_dir when it already holds samples made with these settings (None otherwise): its
+    info agrees on match_keys AND the samples.npz beside it is the very file that info describes (size and sha256
+    recorded at writing), so a truncated or swapped npz, or one left by a crash between the two writes, is never
+    taken as finished. The numerics (batch size, threads: float rounding only) are not match keys; see reuse_line."""
     npz, info_path = out_dir / "samples.npz", out_dir / "sample_info.json"
     if not (npz.exists() and info_path.exists()):
-        return False
+        return None
     try:
         old = json.loads(info_path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
     if not all(same_setting(k, old.get(k), info.get(k), match_keys) for k in match_keys):
-        return False
+        return None
     recorded = old.get("samples_file") or {}
-    return recorded.get("bytes") == npz.stat().st_size and recorded.get("sha256") == sha256_file(npz)
+    same = recorded.get("bytes") == npz.stat().st_size and recorded.get("sha256") == sha256_file(npz)
+    return old if same else None
+
+
+def reuse_line(out_dir: Path, old: dict, info: dict) -> str:
+    """What a reused point says: its samples were made under the numerics it records, named when this run's differ
+    (another batch size or thread count gives the same samples to float rounding, not necessarily bitwise:
+    README "Reproducibility")."""
+    line = f"{out_dir / 'samples.npz'} already holds these samples; skipping"
+    was, now = old.get("numerics"), info.get("numerics") or {}
+    if was is None:
+        return line + " (its batch size and thread count were not recorded: equal to float rounding, maybe bitwise)"
+    differ = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
+    if differ:
+        line += (" (made with " + ", ".join(f"{k}={a}" for k, (a, _) in differ.items()) + "; this run: "
+                 + ", ".join(f"{k}={b}" for k, (_, b) in differ.items())
+                 + ": equal to float rounding, not necessarily bitwise)")
+    return line
+
+
+def point_writer(out_dir: Path):
+    """The point folder's writer lock, held from the reuse check to the last write: two runs writing one folder
+    (two scales with one hydra.run.dir) would leave one run's sample_info over the other's samples. The second is
+    refused with one line; a killed writer's lock is dropped by the kernel (guidance.io.exclusive_writer)."""
+    return exclusive_writer(out_dir, "wait for it to finish, or give this run its own folder (hydra.run.dir=...)")
 
 
 def save_samples(out_dir: Path, images: torch.Tensor, labels: torch.Tensor, info: dict) -> Path:
     """samples.npz (arr_0 uint8 NHWC, arr_1 labels: ADM's format), grid.png, then sample_info.json LAST: its
-    presence marks a finished folder, and it records the npz's size and sha256 (`samples_file`), so a reader can
-    tell that the two belong together. Every file is written atomically."""
+    presence marks a finished folder, and it records the size and sha256 of the bytes THIS call wrote
+    (`samples_file`; hashing the file on disk after the rename could describe another writer's npz), so a reader
+    can tell that the two belong together. Every file is written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_label_grid(images[:, :3], labels, out_dir / "grid.png")  # make_grid turns 1 channel into RGB
-    npz = atomic_save_npz(out_dir / "samples.npz", arr_0=images.permute(0, 2, 3, 1).numpy(),
-                          arr_1=labels.numpy().astype(np.int64))
-    info = {**info, "samples_file": {"bytes": npz.stat().st_size, "sha256": sha256_file(npz),
+    data = npz_bytes(arr_0=images.permute(0, 2, 3, 1).numpy(), arr_1=labels.numpy().astype(np.int64))
+    npz = atomic_write_bytes(data, out_dir / "samples.npz")
+    info = {**info, "samples_file": {"bytes": len(data), "sha256": sha256_bytes(data),
                                      "num_images": int(len(images))}}
     atomic_write_json(info, out_dir / "sample_info.json")
     return npz

@@ -79,3 +79,15 @@ class Runtime:
 
     def info(self) -> dict:
         return asdict(self)
+
+
+def numerics(device, batch_size: int) -> dict:
+    """What decides a sample's last bits beyond the settings and the runtime above, recorded in sample_info.json
+    (README, "Reproducibility"). CPU GEMM and convolution kernels choose their blocking by the batch shape and split
+    work by the intra-op thread count (torchrun sets OMP_NUM_THREADS=1; a plain run uses every core), and kernels
+    differ between torch builds and instruction sets. Equal numerics: bitwise equal samples. Another batch size or
+    thread count: the same seeds and math, equal to float rounding (a uint8 level in rare pixels)."""
+    device = torch.device(device)
+    kernels = torch.cuda.get_device_name(device) if device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    return {"batch_size": int(batch_size), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "kernels": kernels}
