@@ -399,3 +399,22 @@ def test_unknown_blocks_are_one_line_errors(unet):
         run(SmoothedEnergyGuidance(1.0, blocks=["output.99"]), unet, x, y, step)
     with pytest.raises(GuidanceError, match="cfg_scale must be 0"):
         SmoothedEnergyGuidance(1.0, cfg_scale=1.0, conditional=False)
+
+
+@pytest.mark.parametrize("name", ["tcfg", "fdg", "mambo", "apg_mix", "slg", "seg"])
+def test_config_builds_and_report_reads_its_info(name):
+    import json
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from guidance.apps.common import CONF_DIR
+    from guidance.guiders import GUIDERS, describe_point
+
+    guider = instantiate(OmegaConf.load(Path(CONF_DIR) / "guidance" / f"{name}.yaml"))
+    assert isinstance(guider, GUIDERS[name])
+    info = json.loads(json.dumps(guider.info(), allow_nan=False))  # sample_info.json stays plain JSON
+    d = describe_point(info)
+    assert d.table.kind == name and len(d.cells) == len(d.table.key_headers) and not d.unguided
+    assert describe_point({**info, "scale": 0.0, "cfg_scale": 0.0, "high_scale": 0.0}).unguided

@@ -1,6 +1,7 @@
 """FDG, frequency-decoupled guidance (Sadat et al. 2025, "Guidance in the Frequency Domain Enables High-Fidelity
-Sampling at Low CFG Scales", Algs. 1-2), in x̂0 space (the paper guides the denoiser output D(x_t)), scales in Ho &
-Salimans units: w_l per level l of a Laplacian pyramid P (level 0 the finest, L − 1 the coarse Gaussian residual):
+Sampling at Low CFG Scales", arXiv 2506.19713; Alg. 2 for the pyramid), in x̂0 space (the denoiser output D(x_t),
+as the same authors' APG; with η = 1 every space gives the same prediction), scales in Ho & Salimans units: w_l per
+level l of a Laplacian pyramid P (level 0 the finest, L − 1 the coarse Gaussian residual):
 
     c_l, u_l = P(x̂0_c)_l, P(x̂0_u)_l
     Δ_l = c_l − u_l,   optionally Δ_l ← Δ_l^⊥ + η Δ_l^∥   (projection on c_l per image, APG's; η = 1: off)

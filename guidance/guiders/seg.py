@@ -1,5 +1,5 @@
 """SEG, smoothed energy guidance (Hong 2024, "Smoothed Energy Guidance: Guiding Diffusion Models with Reduced
-Energy Curvature of Attention", NeurIPS 2024, eq. 9 and the official SEG-SDXL pipeline), in ε space, scale s:
+Energy Curvature of Attention", NeurIPS 2024, and its official SEG-SDXL pipeline), in ε space, scale s:
 
     ε~ = ε + s (ε − ε_seg)  (+ w (ε_c − ε_u) with cfg_scale w on the conditional model, as the official code)
 

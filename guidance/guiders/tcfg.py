@@ -1,5 +1,6 @@
 """TCFG, tangential damping classifier-free guidance (Kwon et al., CVPR 2025, "TCFG: Tangential Damping
-Classifier-free Guidance", Alg. 1), in ε space (the paper's SD models predict ε), scale w (Ho & Salimans units):
+Classifier-free Guidance", arXiv 2503.18137), in ε space (the paper's SD models predict ε), scale w (Ho & Salimans
+units):
 
     A = [ε_c; ε_u] ∈ R^{2×D}  per image, flattened;   A = U S Vᵀ,  v₁ = first right-singular vector
     ε_u' = ⟨ε_u, v₁⟩ v₁                               the unconditional ε with its tangential part (along v₂) removed
