@@ -9,13 +9,14 @@ level l of a Laplacian pyramid P (level 0 the finest, L − 1 the coarse Gaussia
     x̂0 = P⁻¹(g)
 
 `scale` is w for the coarsest (lowest-frequency) level, `high_scale` for every finer level; the paper recommends a
-low w_low and a high w_high (SDXL: guidance scales 5 and 10, i.e. w = 4 and 9). P is the 5-tap binomial
-([1, 4, 6, 4, 1]/16, reflect border) pyramid with bilinear resampling of Burt & Adelson as kornia builds it (the
-paper's code and diffusers use kornia's build_laplacian_pyramid / pyrup); P⁻¹ is exact, and an image whose side is
-not divisible by 2^(L−1) is reflect-padded at the right and bottom, then cropped back. diffusers'
-FrequencyDecoupledGuidance takes guidance_scales = [1 + w_high, ..., 1 + w_low] (finest first) and the same η as
-parallel_weights. With η = 1 the combination is affine, so it is the same prediction in ε space; η ≠ 1 depends on
-the space. Neutral settings: w_low = w_high = w is CFG at w; w_low = w_high = 0 is the conditional model (1 NFE).
+low w_low and a high w_high (SDXL: guidance scales 5 and 10, i.e. w = 4 and 9). P is Burt & Adelson's pyramid as
+kornia builds it (diffusers uses kornia's build_laplacian_pyramid / pyrup): 5-tap binomial blur ([1, 4, 6, 4, 1]/16,
+reflect border) with bilinear resampling. P⁻¹ is exact; an image whose side is not divisible by 2^(L−1) is
+reflect-padded at the right and bottom, then cropped back. diffusers' FrequencyDecoupledGuidance takes
+guidance_scales = [1 + w_high, ..., 1 + w_low] (finest first) and the same η as parallel_weights. With η = 1 the
+combination is affine, so it is the same prediction in ε space; η ≠ 1 depends on the space. kornia is not in the
+bench extra: the peer test runs diffusers' combination on this pyramid, and compares the pyramid with kornia's
+where kornia is installed. Neutral settings: w_low = w_high = w is CFG at w; both 0 is the conditional model (1 NFE).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ scale w (Ho & Salimans units, the paper's w_max − 1) and damping α:
 v is the rectified-flow velocity of our ε-model's marginals (guidance.guiders.spaces, `flow`); the combination is
 affine, so only r depends on the space: `space: eps` takes r on ε (what diffusers computes on an ε-model such as
 SDXL), `x0` on x̂0. diffusers: guidance_scale = w + 1, same α, use_original_formulation=False. Neutral settings:
-w = 0 is the conditional model (1 NFE); α = 0 is CFG at w.
+w = 0 is the conditional model (1 NFE); α = 0 is CFG at w. (diffusers 0.42's mambo_guidance takes
+torch.norm over dims [1, 2, 3], which torch 2.14 refuses on 4-D tensors: the peer test feeds it flattened images.)
 """
 
 from __future__ import annotations
