@@ -24,7 +24,7 @@ class Counted(torch.nn.Module):
         super().__init__()
         self.net, self.rows, self.backward_rows = net, 0, 0
 
-    def __getattr__(self, name):  # PAG / TSG reach into the U-Net (identity_attention, time_embed)
+    def __getattr__(self, name):  # PAG / TSG / SLG / SEG reach into the U-Net (attention blocks, time_embed, ...)
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -71,6 +71,10 @@ def test_every_guider_with_every_sampler_reports_its_counted_cost(nets, guidance
     cfg.sampler.respacing = short
     if "scale" in cfg.guidance:
         cfg.guidance.scale = 0.5 if guidance_name == "cfgpp" else 1.5  # CFG++'s λ lies in [0, 1]
+    if guidance_name == "slg":
+        cfg.guidance.stop = 1.0  # SD 3.5's window (1%-20%) holds no step of a 5-step chain: open it
+    if guidance_name == "apg_mix":
+        cfg.guidance.apg_start_step = 1  # reach the APG phase within 5 steps
     unet, clf, weak = Counted(nets[0]), Counted(nets[1]), Counted(nets[2])
     guider = instantiate(cfg.guidance)
     sampler = instantiate(cfg.sampler, diffusion=create_diffusion(1000))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from guidance.errors import GuidanceError
 from guidance.guiders.apg import AdaptiveProjectedGuidance
+from guidance.guiders.apg_mix import AdaptiveProjectedMixGuidance
 from guidance.guiders.autoguidance import Autoguidance
 from guidance.guiders.base import Description, Guider, TableSpec, check_scale, extrapolate
 from guidance.guiders.cfg import ClassifierFreeGuidance
@@ -17,11 +18,16 @@ from guidance.guiders.cfg_rescale import RescaledCFG
 from guidance.guiders.cfg_zero import CFGZeroStar
 from guidance.guiders.cfgpp import CFGPlusPlus
 from guidance.guiders.classifier import ClassifierGuidance
+from guidance.guiders.fdg import FrequencyDecoupledGuidance
 from guidance.guiders.icg import IndependentConditionGuidance
+from guidance.guiders.mambo import MagnitudeAwareGuidance
 from guidance.guiders.none import NoGuidance
 from guidance.guiders.pag import PerturbedAttentionGuidance
 from guidance.guiders.presets import PRESETS, Preset
 from guidance.guiders.schedules import WeightSchedule
+from guidance.guiders.seg import SmoothedEnergyGuidance
+from guidance.guiders.slg import SkipLayerGuidance
+from guidance.guiders.tcfg import TangentialCFG
 from guidance.guiders.thresholding import DynamicThresholding
 from guidance.guiders.tsg import TimeStepGuidance
 from guidance.guiders.scales import cfg_w_to_classifier_scale, cfg_w_to_guidance_scale, guidance_scale_to_cfg_w
@@ -29,7 +35,9 @@ from guidance.guiders.scales import cfg_w_to_classifier_scale, cfg_w_to_guidance
 GUIDERS: dict[str, type[Guider]] = {
     cls.name: cls for cls in (NoGuidance, ClassifierGuidance, ClassifierFreeGuidance, CFGClassifierGuidance,
                               AdaptiveProjectedGuidance, RescaledCFG, DynamicThresholding, CFGPlusPlus, Autoguidance,
-                              IndependentConditionGuidance, TimeStepGuidance, CFGZeroStar, PerturbedAttentionGuidance)
+                              IndependentConditionGuidance, TimeStepGuidance, CFGZeroStar, PerturbedAttentionGuidance,
+                              TangentialCFG, FrequencyDecoupledGuidance, MagnitudeAwareGuidance,
+                              AdaptiveProjectedMixGuidance, SkipLayerGuidance, SmoothedEnergyGuidance)
 }
 
 
@@ -63,7 +71,9 @@ __all__ = [
     "GUIDERS", "Guider", "Description", "TableSpec", "NoGuidance", "ClassifierGuidance", "ClassifierFreeGuidance",
     "CFGClassifierGuidance", "AdaptiveProjectedGuidance", "RescaledCFG", "PRESETS", "Preset", "WeightSchedule",
     "extrapolate", "DynamicThresholding", "CFGPlusPlus", "Autoguidance", "IndependentConditionGuidance",
-    "TimeStepGuidance", "CFGZeroStar", "PerturbedAttentionGuidance", "build_guider", "guider_class",
+    "TimeStepGuidance", "CFGZeroStar", "PerturbedAttentionGuidance", "TangentialCFG", "FrequencyDecoupledGuidance",
+    "MagnitudeAwareGuidance", "AdaptiveProjectedMixGuidance", "SkipLayerGuidance", "SmoothedEnergyGuidance",
+    "build_guider", "guider_class",
     "describe_point", "check_scale",
     "cfg_w_to_guidance_scale", "guidance_scale_to_cfg_w", "cfg_w_to_classifier_scale",
 ]

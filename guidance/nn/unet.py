@@ -190,6 +190,16 @@ class UNet(nn.Module):
         places += [(f"output.{i}", b) for i, b in enumerate(self.output_blocks)]
         return {name: m for name, block in places for m in block if isinstance(m, AttentionBlock)}
 
+    def residual_layers(self) -> dict[str, nn.Module]:
+        """Layers whose output has their input's shape, by place: "input.<i>.<j>", "middle.<j>", "output.<i>.<j>"
+        (j: index inside that block): attention blocks and ResBlocks that keep channels and resolution. Skip
+        layer guidance replaces one by the identity."""
+        places = [(f"input.{i}", b) for i, b in enumerate(self.input_blocks)] + [("middle", self.middle_block)]
+        places += [(f"output.{i}", b) for i, b in enumerate(self.output_blocks)]
+        return {f"{name}.{j}": m for name, block in places for j, m in enumerate(block)
+                if isinstance(m, AttentionBlock) or (isinstance(m, ResBlock) and isinstance(m.skip, nn.Identity)
+                                                     and isinstance(m.x_resample, nn.Identity))}
+
     @contextmanager
     def identity_attention(self, names: Sequence[str]):
         """Within the block, the named attention blocks use an identity attention map (PAG's perturbed pass)."""
