@@ -134,3 +134,44 @@ def test_deis_equals_diffusers(denoiser, order):
     # within 1e-9 |ε| and keeps its formula finite.
     x_peer = diffusers_run(sch, s, denoiser, draws[0], y, last_sigma=1e-9)
     torch.testing.assert_close(x, x_peer.to(x.dtype), rtol=1e-4, atol=1e-4)
+
+
+def test_euler_ancestral_equals_diffusers(denoiser, monkeypatch):
+    """diffusers' EulerAncestralDiscreteScheduler (η = 1) steps x̃ itself and takes ε at x̃/sqrt(σ² + 1); it draws
+    noise on the last step too (times σ_up = 0), so the peer gets our draws and then zeros."""
+    module = pytest.importorskip("diffusers.schedulers.scheduling_euler_ancestral_discrete")
+    s = EulerAncestralSampler(BASE, "edm12", clip_denoised=False)
+    x, draws, y = ours(s, denoiser)
+    noise = iter(draws[1:] + [torch.zeros_like(draws[0])])
+    monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: next(noise))
+    sch = module.EulerAncestralDiscreteScheduler(trained_betas=BASE.betas)
+    sch.set_timesteps(s.steps)
+    sch.timesteps = torch.tensor([float(s.step_at(i).t) for i in range(s.steps)])  # its timesteps are floats
+    sch.sigmas = kd_sigmas(s)
+    x_peer = draws[0] * math.sqrt(1 + s.step_at(0).sigma ** 2)
+    for i, t in enumerate(sch.timesteps):
+        step = s.step_at(i)
+        x_vp = sch.scale_model_input(x_peer, t)
+        x_peer = sch.step(denoiser(x_vp, y, step, clip=False).eps_form(x_vp, step).eps, t, x_peer).prev_sample
+    assert next(noise, None) is None
+    torch.testing.assert_close(x, x_peer.to(x.dtype), rtol=1e-4, atol=1e-4)
+
+
+def test_dpmpp_2m_sde_equals_diffusers(denoiser):
+    """diffusers' DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2, midpoint) on x_t,
+    our draws fed as `variance_noise` (zeros on the last step, where its noise term is 0·noise)."""
+    schedulers = pytest.importorskip("diffusers.schedulers")
+    s = DPMSolverPP2MSDESampler(BASE, "edm12", clip_denoised=False)
+    x, draws, y = ours(s, denoiser)
+    sch = schedulers.DPMSolverMultistepScheduler(trained_betas=BASE.betas, algorithm_type="sde-dpmsolver++",
+                                                 solver_order=2, solver_type="midpoint", final_sigmas_type="zero")
+    sch.set_timesteps(s.steps)
+    sch.timesteps = torch.tensor([s.step_at(i).t for i in range(s.steps)])
+    sch.sigmas = kd_sigmas(s)
+    noise = draws[1:] + [torch.zeros_like(draws[0])]
+    x_peer = draws[0]
+    for i, t in enumerate(sch.timesteps):
+        step = s.step_at(i)
+        eps = denoiser(x_peer, y, step, clip=False).eps_form(x_peer, step).eps
+        x_peer = sch.step(eps, t, x_peer, variance_noise=noise[i]).prev_sample
+    torch.testing.assert_close(x, x_peer.to(x.dtype), rtol=1e-4, atol=1e-4)

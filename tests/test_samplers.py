@@ -362,3 +362,23 @@ def test_unipc_and_deis_first_steps_by_hand():
     ell0 = (np.log(grid) - u1) / (u0 - u1)
     trap = lambda f: float(np.sum((f[1:] + f[:-1]) / 2 * np.diff(grid)))
     assert deis_coefficients([s1, s0], s2) == pytest.approx([trap(ell0), trap(1 - ell0)], rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EulerAncestralSampler(BASE, "edm8"), lambda: DPMSolverPP2SAncestralSampler(BASE, "edm8"),
+    lambda: DPMSolverPP2MSDESampler(BASE, "edm8"), lambda: DPMSolverPP3MSDESampler(BASE, "edm8")])
+def test_stochastic_samplers_draw_from_per_image_streams(bed, make):
+    """Image i depends only on (seed, i): bitwise the same in a batch of 12, of 5 and alone."""
+    from guidance.sampling import PerImageRNG
+
+    def run(batch, indices=range(12)):
+        out, indices = [], list(indices)
+        for a in range(0, len(indices), batch):
+            rng = PerImageRNG(3, indices[a:a + batch])
+            out.append(make().sample(denoiser(bed, ClassifierFreeGuidance(1.0)), (len(rng), 2, 1, 1),
+                                     torch.tensor(indices[a:a + batch]) % K, rng))
+        return torch.cat(out)
+    x = run(12)
+    assert torch.equal(x, run(5)) and torch.equal(x[7:8], run(1, [7]))
+    assert not torch.equal(x, make().sample(denoiser(bed, ClassifierFreeGuidance(1.0)), (12, 2, 1, 1),
+                                            torch.arange(12) % K, PerImageRNG(4, range(12))))
