@@ -164,6 +164,7 @@ class Recording(torch.nn.Module):
     lambda: DPMSolverPP2MSampler(BASE, "edm12"), lambda: EDM2HeunSampler(BASE, "edm12"),
     lambda: EulerAncestralSampler(BASE, "edm12"), lambda: DPMSolverPP2SAncestralSampler(BASE, "edm12"),
     lambda: DPMSolverPP2SAncestralSampler(BASE, "edm12", eta=0.5), lambda: DPMSolverPP2MSDESampler(BASE, "edm12"),
+    lambda: DPMSolverPP2SAncestralSampler(BASE, "edm100", eta=0.0),  # dense grid: midpoints stay in [σ_{i+1}, σ_i)
     lambda: DPMSolverPP3MSDESampler(BASE, "edm12"), lambda: UniPCSampler(BASE, "edm12", order=3),
     lambda: DEISSampler(BASE, "edm12")])
 def test_networks_see_original_timesteps(bed, make):

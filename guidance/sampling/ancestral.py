@@ -20,7 +20,6 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from guidance.errors import GuidanceError
 from guidance.sampling.prediction import Step
 from guidance.sampling.sigma import SigmaSampler, ancestral_split, check_eta
 
@@ -52,16 +51,14 @@ class DPMSolverPP2SAncestralSampler(EulerAncestralSampler):
     name = "dpmpp_2s_ancestral"
 
     def midpoint(self, i: int) -> Step | None:
-        """Step i's second evaluation, at the trained σ nearest to sqrt(σ_i σ_down); None when σ_down = 0."""
+        """Step i's second evaluation, at the trained σ nearest to sqrt(σ_i σ_down); None when σ_down = 0. It lies in
+        [σ_{i+1}, σ_i): σ_{i+1}²/σ_i <= σ_down <= σ_{i+1} puts the target between σ_{i+1} and sqrt(σ_i σ_{i+1}),
+        which is nearer σ_{i+1} than σ_i, so 0 < r <= 1."""
         sigma = self.sigma(i)
         down, _ = ancestral_split(sigma, self.sigma(i + 1), self.eta)
         if down == 0:
             return None
-        mid = self.snapped_step(math.sqrt(sigma * down), i)
-        if not (down <= mid.sigma < sigma):
-            raise GuidanceError(f"{self.name}: step {i}'s midpoint snaps outside (σ_down, σ_i]; use eta=1 or a coarser "
-                                "grid (sampler.respacing)")
-        return replace(mid, grid_sigma=sigma)
+        return replace(self.snapped_step(math.sqrt(sigma * down), i), grid_sigma=sigma)
 
     def evaluation_steps(self):
         out = []
