@@ -59,7 +59,8 @@ def nets():
 
 def test_matrix_covers_every_config():
     assert set(GUIDANCE) >= {"none", "classifier", "cfg", "cfg_classifier", "cfg_interval"}
-    assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "heun", "dpmpp_2m"}
+    assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "heun", "dpmpp_2m", "edm2_heun", "euler_ancestral",
+                             "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis"}
 
 
 @pytest.mark.parametrize("sampler_name", SAMPLERS)

@@ -16,7 +16,8 @@ from guidance.guiders.seg import BlurredQuery, blur_query
 from guidance.guiders.slg import SkipLayers
 from guidance.guiders.spaces import from_space, to_space
 from guidance.nn import UNet
-from guidance.sampling import GuidedDenoiser, Prediction, Step
+from guidance.engine import Prediction, Step
+from guidance.sampling import GuidedDenoiser
 
 BASE = create_diffusion(1000)
 K = 10

@@ -1,7 +1,8 @@
 """Samplers against the analytic Gaussian-mixture test bed: exact ε in, known distribution out.
 
-Every sampler (DDPM, DDIM η = 0 and 1, Euler, Heun, DPM-Solver++(2M)) must reproduce the mixture's class weights
-and per-class moments; tolerances are a few standard errors, so a wrong coefficient fails.
+Every sampler (DDPM, DDIM η = 0 and 1, Euler, Heun, EDM2's Heun, DPM-Solver++(2M), Euler ancestral, DPM-Solver++(2S)
+ancestral, DPM-Solver++(2M)/(3M) SDE, UniPC, DEIS) must reproduce the mixture's class weights and per-class moments;
+tolerances are a few standard errors, so a wrong coefficient fails. Peer comparisons: tests/test_sampler_peers.py.
 """
 
 import functools
@@ -14,8 +15,10 @@ import torch
 from guidance.diffusion import create_diffusion, space_timesteps
 from guidance.errors import GuidanceError
 from guidance.guiders import ClassifierFreeGuidance, ClassifierGuidance, NoGuidance
-from guidance.sampling import (BatchRNG, DDIMSampler, DDPMSampler, DPMSolverPP2MSampler, EulerSampler, GuidedDenoiser,
-                               HeunSampler)
+from guidance.sampling import (BatchRNG, DDIMSampler, DDPMSampler, DEISSampler, DPMSolverPP2MSampler,
+                               DPMSolverPP2MSDESampler, DPMSolverPP2SAncestralSampler, DPMSolverPP3MSDESampler,
+                               EDM2HeunSampler, EulerAncestralSampler, EulerSampler, GuidedDenoiser, HeunSampler,
+                               UniPCSampler)
 from guidance.sampling.grid import edm_sigmas, kept_timesteps, sigmas_of
 from guidance.testbed import GaussianMixture, make_testbed
 
@@ -36,7 +39,15 @@ SAMPLERS = {
     "heun": lambda: HeunSampler(BASE, "edm40", clip_denoised=False),
     "heun_churn": lambda: HeunSampler(BASE, "edm40", clip_denoised=False, s_churn=10.0),
     "dpmpp_2m": lambda: DPMSolverPP2MSampler(BASE, "edm40", clip_denoised=False),
+    "edm2_heun": lambda: EDM2HeunSampler(BASE, "edm32"),
+    "euler_ancestral": lambda: EulerAncestralSampler(BASE, "edm100", clip_denoised=False),
+    "dpmpp_2s_ancestral": lambda: DPMSolverPP2SAncestralSampler(BASE, "edm40", clip_denoised=False),
+    "dpmpp_2m_sde": lambda: DPMSolverPP2MSDESampler(BASE, "edm60", clip_denoised=False),
+    "dpmpp_3m_sde": lambda: DPMSolverPP3MSDESampler(BASE, "edm60", clip_denoised=False),
+    "unipc": lambda: UniPCSampler(BASE, "edm40", clip_denoised=False),
+    "deis": lambda: DEISSampler(BASE, "edm40", clip_denoised=False),
 }
+NEW = ["edm2_heun", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis"]
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +103,14 @@ def test_unguided_unconditional_reproduces_mixture(bed, name):
     check_moments(xf, labels, means, variances)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim_eta0", "heun", "dpmpp_2m"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim_eta0", "heun", "dpmpp_2m"] + NEW)
 def test_conditional_model_reproduces_each_class(bed, name):
     y = torch.arange(N) % K
     x = SAMPLERS[name]().sample(denoiser(bed, NoGuidance()), (N, 2, 1, 1), y, BatchRNG(1, N))
     check_moments(x.reshape(N, -1).double(), y, MIX.means, (MIX.stds**2).tolist())
 
 
-@pytest.mark.parametrize("name", ["ddpm", "heun", "euler"])
+@pytest.mark.parametrize("name", ["ddpm", "heun", "euler", "euler_ancestral", "dpmpp_2m_sde", "unipc"])
 def test_classifier_guidance_s1_on_unconditional_samples_the_class_conditional(bed, name):
     # Bayes: ∇log p(x_t) + ∇log p(y|x_t) = ∇log p(x_t|y), so s = 1 on the exact unconditional score with the exact
     # classifier is the conditional model: for the ancestral form (mean shift) and the ODE form (ε shift).
@@ -150,7 +161,12 @@ class Recording(torch.nn.Module):
 @pytest.mark.parametrize("make", [
     lambda: DDPMSampler(BASE, "10,10,10"), lambda: DDIMSampler(BASE, "ddim10"), lambda: DDIMSampler(BASE, "7"),
     lambda: EulerSampler(BASE, "edm12"), lambda: HeunSampler(BASE, "edm12", s_churn=40.0),
-    lambda: DPMSolverPP2MSampler(BASE, "edm12")])
+    lambda: DPMSolverPP2MSampler(BASE, "edm12"), lambda: EDM2HeunSampler(BASE, "edm12"),
+    lambda: EulerAncestralSampler(BASE, "edm12"), lambda: DPMSolverPP2SAncestralSampler(BASE, "edm12"),
+    lambda: DPMSolverPP2SAncestralSampler(BASE, "edm12", eta=0.5), lambda: DPMSolverPP2MSDESampler(BASE, "edm12"),
+    lambda: DPMSolverPP2SAncestralSampler(BASE, "edm100", eta=0.0),  # dense grid: midpoints stay in [σ_{i+1}, σ_i)
+    lambda: DPMSolverPP3MSDESampler(BASE, "edm12"), lambda: UniPCSampler(BASE, "edm12", order=3),
+    lambda: DEISSampler(BASE, "edm12")])
 def test_networks_see_original_timesteps(bed, make):
     model, classifier = Recording(bed[0]), Recording(bed[1])
     s = make()
@@ -240,7 +256,11 @@ class CountingRNG(BatchRNG):
 def test_noise_draws_and_last_step(bed):
     y = torch.arange(4) % 3
     for s, draws in [(DDPMSampler(BASE, "12"), 12), (DDIMSampler(BASE, "12", eta=0.5), 12), (DDIMSampler(BASE, "12"), 1),
-                     (EulerSampler(BASE, "12"), 1), (DPMSolverPP2MSampler(BASE, "12"), 1)]:
+                     (EulerSampler(BASE, "12"), 1), (DPMSolverPP2MSampler(BASE, "12"), 1),
+                     (EulerAncestralSampler(BASE, "12"), 12), (EulerAncestralSampler(BASE, "12", eta=0), 1),
+                     (DPMSolverPP2SAncestralSampler(BASE, "12"), 12), (DPMSolverPP2MSDESampler(BASE, "12"), 12),
+                     (DPMSolverPP3MSDESampler(BASE, "12"), 12), (DPMSolverPP3MSDESampler(BASE, "12", eta=0), 1),
+                     (UniPCSampler(BASE, "12"), 1), (DEISSampler(BASE, "12"), 1), (EDM2HeunSampler(BASE, "12"), 1)]:
         rng = CountingRNG(0, 4)
         s.sample(denoiser(bed, NoGuidance()), (4, 2, 1, 1), y, rng)
         assert rng.calls == draws  # x_T, then one draw per step except the last (none at all when deterministic)
@@ -248,7 +268,9 @@ def test_noise_draws_and_last_step(bed):
 
 def test_clip_denoised_keeps_samples_in_range(bed):
     y = torch.arange(64) % 3  # the mixture's data lies far outside [-1, 1]
-    for make in (DDPMSampler, DDIMSampler, EulerSampler, HeunSampler, DPMSolverPP2MSampler):
+    for make in (DDPMSampler, DDIMSampler, EulerSampler, HeunSampler, DPMSolverPP2MSampler, EDM2HeunSampler,
+                 EulerAncestralSampler, DPMSolverPP2SAncestralSampler, DPMSolverPP2MSDESampler, DPMSolverPP3MSDESampler,
+                 UniPCSampler, DEISSampler):
         x = make(BASE, "20", clip_denoised=True).sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(0, 64))
         assert x.abs().max() <= 1.0 + 1e-5, make.name
     x = DDIMSampler(BASE, "20", clip_denoised=False).sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(0, 64))
@@ -260,7 +282,9 @@ def test_bad_sampler_input_is_one_line_error(bed):
         DDIMSampler(create_diffusion(T, timestep_respacing="ddim10"), "ddim5")  # respaced twice
     for bad in (lambda: HeunSampler(BASE, "edmx"), lambda: HeunSampler(BASE, "edm10", s_churn=-1),
                 lambda: HeunSampler(BASE, "edm10", sigma_min=5, sigma_max=1), lambda: DDIMSampler(BASE, "20", eta=-1),
-                lambda: DDIMSampler(BASE, "20", eta=1.5)):
+                lambda: DDIMSampler(BASE, "20", eta=1.5), lambda: EulerAncestralSampler(BASE, "20", eta=1.5),
+                lambda: DPMSolverPP2MSDESampler(BASE, "20", s_noise=-1), lambda: UniPCSampler(BASE, "20", order=4),
+                lambda: DEISSampler(BASE, "20", order=0)):
         with pytest.raises(GuidanceError) as e:
             bad()
         assert "\n" not in str(e.value)
@@ -278,3 +302,84 @@ def test_learned_variance_model_needs_a_learned_range_diffusion_for_ddpm(bed):
         DDPMSampler(BASE, "5").sample(d, (4, 2, 1, 1), torch.zeros(4, dtype=torch.long), BatchRNG(0, 4))
     x = DDIMSampler(BASE, "5").sample(d, (4, 2, 1, 1), torch.zeros(4, dtype=torch.long), BatchRNG(0, 4))
     assert torch.isfinite(x).all()  # ε-form samplers have no use for the variance: they ignore it
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.6, 1.0])
+def test_euler_ancestral_is_ddim_with_the_same_eta(bed, eta):
+    # σ_up² = η² σ'²(σ² − σ'²)/σ² is DDIM's σ_t²/ᾱ_{t−1} (eq. 16 in σ), and the Euler step to σ_down lands on
+    # x̂0 + σ_down ε = DDIM's deterministic part: the same chain, the same draws.
+    y = torch.arange(64) % 3
+    g = ClassifierGuidance(2.0, conditional=False)
+    a = EulerAncestralSampler(BASE, "ddim25", eta=eta).sample(denoiser(bed, g), (64, 2, 1, 1), y, BatchRNG(5, 64))
+    b = DDIMSampler(BASE, "ddim25", eta=eta).sample(denoiser(bed, g), (64, 2, 1, 1), y, BatchRNG(5, 64))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_sde_solvers_at_eta0_are_the_ode_solvers(bed):
+    # DPM-Solver++(2M) SDE (midpoint) with η = 0 is DPM-Solver++(2M) term by term; (3M) at η = 0 differs from (2M)
+    # only by its second- and third-order terms, which vanish on a linear-in-λ x̂0 but not here.
+    y = torch.arange(64) % 3
+    run = lambda s: s.sample(denoiser(bed, NoGuidance()), (64, 2, 1, 1), y, BatchRNG(2, 64))
+    ode = run(DPMSolverPP2MSampler(BASE, "edm15", clip_denoised=False))
+    torch.testing.assert_close(run(DPMSolverPP2MSDESampler(BASE, "edm15", clip_denoised=False, eta=0)), ode,
+                               rtol=1e-5, atol=1e-5)
+    assert (run(DPMSolverPP2MSDESampler(BASE, "edm15", clip_denoised=False)) - ode).abs().max() > 1e-2
+
+
+def test_edm2_heun_is_heun_from_sigma_max_noise(bed):
+    """The one difference from `heun` besides its defaults: x̃ starts at σ_0 n, not sqrt(1 + σ_0²) n (ADM's prior)."""
+    y = torch.arange(16) % 3
+    s = EDM2HeunSampler(BASE, "edm12")
+    x = s.sample(denoiser(bed, NoGuidance()), (16, 2, 1, 1), y, BatchRNG(4, 16))
+    sig = s.step_at(0).sigma
+    scaled = type("R", (BatchRNG,), {"randn": lambda self, shape: BatchRNG.randn(self, shape) * sig
+                                     / math.sqrt(1 + sig**2)})(4, 16)
+    ref = HeunSampler(BASE, "edm12", clip_denoised=False).sample(denoiser(bed, NoGuidance()), (16, 2, 1, 1), y, scaled)
+    torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+    assert s.steps == 12 and not s.clip_denoised and EDM2HeunSampler(BASE).respacing == "edm32"
+
+
+def test_unipc_and_deis_first_steps_by_hand():
+    """A denoiser whose x̂0 is a known constant per timestep: one step of each order written out."""
+    class Const(torch.nn.Module):
+        def forward(self, x, t, y):
+            ab = torch.from_numpy(BASE.alphas_cumprod).float()[t].reshape(-1, 1, 1, 1)
+            c = (t.float() / 1000).reshape(-1, 1, 1, 1)
+            return (x - ab.sqrt() * c) / (1 - ab).sqrt()
+    x_T = torch.randn(2, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    rng = type("R", (), {"randn": lambda self, shape: x_T, "__len__": lambda self: 2})()
+    run = lambda s: s.sample(GuidedDenoiser(NoGuidance(), {"unet": Const()}, 3), (2, 1, 1, 1),
+                             torch.zeros(2, dtype=torch.long), rng).double()
+    # 2 steps: the first is DDIM (first order), the last returns x̂0 of the last evaluation = c_{t_1}, for both.
+    for s in (UniPCSampler(BASE, "2", clip_denoised=False), DEISSampler(BASE, "2", clip_denoised=False)):
+        assert run(s).flatten().tolist() == pytest.approx([s.step_at(1).t / 1000] * 2, abs=5e-4)  # fp32 at t = 0
+    # DEIS(2), 3 steps: x̃_2 = x̃_1 + c_0 ε_1 + c_1 ε_0 with the Lagrange weights in log σ integrated over σ; x̂0 = c
+    # const in σ between nodes => ε_i = (x̃_i − c_i)/σ_i; checked through x_0 = x̂0(x̃_2) = c_{t_2} and against a
+    # 2000-point trapezoid of the interpolant.
+    from guidance.sampling.deis import deis_coefficients
+    s0, s1, s2 = 3.0, 1.0, 0.4
+    u0, u1 = math.log(s1), math.log(s0)
+    grid = np.linspace(s1, s2, 2001)
+    ell0 = (np.log(grid) - u1) / (u0 - u1)
+    trap = lambda f: float(np.sum((f[1:] + f[:-1]) / 2 * np.diff(grid)))
+    assert deis_coefficients([s1, s0], s2) == pytest.approx([trap(ell0), trap(1 - ell0)], rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EulerAncestralSampler(BASE, "edm8"), lambda: DPMSolverPP2SAncestralSampler(BASE, "edm8"),
+    lambda: DPMSolverPP2MSDESampler(BASE, "edm8"), lambda: DPMSolverPP3MSDESampler(BASE, "edm8")])
+def test_stochastic_samplers_draw_from_per_image_streams(bed, make):
+    """Image i depends only on (seed, i): bitwise the same in a batch of 12, of 5 and alone."""
+    from guidance.sampling import PerImageRNG
+
+    def run(batch, indices=range(12)):
+        out, indices = [], list(indices)
+        for a in range(0, len(indices), batch):
+            rng = PerImageRNG(3, indices[a:a + batch])
+            out.append(make().sample(denoiser(bed, ClassifierFreeGuidance(1.0)), (len(rng), 2, 1, 1),
+                                     torch.tensor(indices[a:a + batch]) % K, rng))
+        return torch.cat(out)
+    x = run(12)
+    assert torch.equal(x, run(5)) and torch.equal(x[7:8], run(1, [7]))
+    assert not torch.equal(x, make().sample(denoiser(bed, ClassifierFreeGuidance(1.0)), (12, 2, 1, 1),
+                                            torch.arange(12) % K, PerImageRNG(4, range(12))))

@@ -82,8 +82,12 @@ class EulerSampler(Sampler):
     def eps(self, denoiser, x_scaled, y, step: Step) -> torch.Tensor:
         return self.predict(denoiser, x_scaled, y, step).eps
 
+    def prior(self, x):
+        """x_T ~ N(0, I) (ADM's VP prior) in the scaled variable: x̃ = x_T sqrt(1 + σ_0²)."""
+        return x * math.sqrt(1.0 + self.step_at(0).sigma ** 2)
+
     def run(self, denoiser, x, y, rng, progress):
-        x = x * math.sqrt(1.0 + self.step_at(0).sigma ** 2)  # VP prior N(0, I) in the scaled variable
+        x = self.prior(x)
         for i in tqdm(range(self.steps), desc=self.label, disable=not progress, leave=False):
             sigma, hat = self.step_at(i).sigma, self.churned(i)
             if hat.sigma > sigma:  # churn: raise the noise level to σ̂ (EDM Alg. 2, lines 5-6)
@@ -106,3 +110,21 @@ class HeunSampler(EulerSampler):
 
     name = "heun"
     second_order = True
+
+
+class EDM2HeunSampler(HeunSampler):
+    """EDM2's sampler (Karras et al. 2024, edm2 generate_images.py `edm_sampler`): EDM's Heun (Alg. 2) on the ρ = 7
+    grid with σ_max = 80, 32 steps, no churn, started from EDM's prior x̃ = σ_max n, n ~ N(0, I), and no clipping of
+    x̂0. It differs from `heun` (the same update) only in these defaults and that prior: `heun` starts from ADM's
+    VP prior x_T ~ N(0, I), x̃ = sqrt(1 + σ_0²) n (a factor 1.00008 at σ_0 = 80) and clips x̂0 by default. On a
+    discrete VP model σ_max is clamped to the model's range and every grid σ snaps to a trained timestep (grid.py),
+    as EDM's iDDPMPrecond does; a continuous EDM2 network would use the grid's σ exactly.
+    Capabilities: classifier term in ε form; deterministic (churn off); no re-noising with a given ε."""
+
+    name = "edm2_heun"
+
+    def __init__(self, diffusion, respacing="edm32", clip_denoised: bool = False, **kw):
+        super().__init__(diffusion, respacing, clip_denoised, **kw)
+
+    def prior(self, x):
+        return x * self.step_at(0).sigma
