@@ -14,10 +14,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
 from guidance.nn import EncoderClassifier, UNet
-from guidance.training.checkpoint import save_snapshot
+from guidance.checkpoint import save_snapshot
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 SIZE, K = 8, 3
@@ -49,7 +49,7 @@ def world(tmp_path_factory):
 
 
 def sample(world, *overrides, clf="clf.pt"):
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("sample", overrides=[f"unet_ckpt={world / 'unet.pt'}", f"classifier_ckpt={world / clf}",

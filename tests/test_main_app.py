@@ -86,7 +86,7 @@ def test_strategy_comparison_sweep_runs_end_to_end(fake_fashion_mnist, tmp_path)
     and the report holds the matched-cost table with one row per curve and the FID-vs-NFE plot."""
     import yaml
 
-    from guidance.apps.common import CONF_DIR
+    from guidance.config import CONF_DIR
     from guidance.guiders import GUIDERS
 
     preset = yaml.safe_load(open(f"{CONF_DIR}/experiment/strategy_compare.yaml"))["study"]["sweep"]
@@ -183,8 +183,8 @@ def test_a_sweep_entry_may_name_its_own_sampler_and_an_unknown_one_is_one_line()
     """Issue 12: the CPU study runs DPM-Solver++ but CFG++ (defined for DDIM and Euler) keeps DDIM 20."""
     from hydra import compose, initialize_config_dir
 
-    from guidance.apps.common import CONF_DIR
-    from guidance.apps.main import sweep_points
+    from guidance.config import CONF_DIR
+    from guidance.study import sweep_points
     from guidance.errors import GuidanceError
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
 from guidance.nn import EncoderClassifier, UNet
-from guidance.training.checkpoint import save_snapshot
+from guidance.checkpoint import save_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, CH, K = 8, 1, 3
@@ -103,7 +103,7 @@ def compose_cfg(ckpts, *overrides):
 
 
 def test_run_sample_in_process_and_resume(ckpts, tmp_path, capsys):
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     cfg = compose_cfg(ckpts, "guidance=cfg_classifier", "guidance.scale=1", "guidance.classifier_scale=2", "labels=balanced")
     npz = run_sample(cfg, tmp_path)
@@ -137,7 +137,7 @@ def test_experiment_presets_compose(ckpts):
     (["guidance=autoguidance"], "needs the weak model: pass weak_ckpt=PATH"),
 ])
 def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     with pytest.raises(GuidanceError, match=needle.replace(".", r"\.")):
         run_sample(compose_cfg(ckpts, *overrides), tmp_path)
@@ -193,7 +193,7 @@ def test_reuse_is_decided_by_weights_and_by_the_npz_itself(ckpts, tmp_path, caps
     beside a valid sample_info.json, or an npz swapped for another: none is taken as finished."""
     import shutil
 
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     unet = tmp_path / "unet.pt"
     shutil.copy(ckpts["unet"], unet)
@@ -228,7 +228,7 @@ def test_reuse_is_decided_by_weights_and_by_the_npz_itself(ckpts, tmp_path, caps
 
 def test_a_classifier_of_another_dataset_is_refused(ckpts, tmp_path):
     """Issue 11: same shape and class count, another dataset (MNIST vs Fashion-MNIST): refused, one line."""
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     data = lambda name: {"name": name, "path": None, "image_size": SIZE, "channels": CH, "num_classes": K}
     torch.manual_seed(0)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
-from guidance.training import load_snapshot
+from guidance.checkpoint import load_snapshot
 from guidance.training.loop import train
 
 
@@ -183,7 +183,7 @@ def test_final_checkpoint_never_leaves_missing_or_stale_snapshots(fake_fashion_m
 
 def test_resuming_in_another_number_of_processes_says_so(fake_fashion_mnist, tmp_path, capsys):
     """Issue 11: a 2-process state resumed in 1 process used to continue without a word."""
-    from guidance.training.checkpoint import save_training_state
+    from guidance.checkpoint import save_training_state
 
     run = tmp_path / "run"
     train(_cfg(fake_fashion_mnist, run), run)

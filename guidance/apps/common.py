@@ -1,21 +1,15 @@
-"""Shared plumbing of the Hydra apps: where conf/ lives, one-line errors; wandb set-up lives in guidance.tracking
-(re-exported here for the apps)."""
+"""Shared plumbing of the Hydra apps: one-line errors. conf/ is found by guidance.config, wandb set-up lives in
+guidance.tracking."""
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from guidance.errors import GuidanceError
-from guidance.tracking import DisabledRun, init_wandb, log_images  # noqa: F401 (the apps' wandb plumbing)
-
-# conf/ sits at the repository top level (editable install). GUIDANCE_CONF_DIR points elsewhere.
-CONF_DIR = os.environ.get("GUIDANCE_CONF_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

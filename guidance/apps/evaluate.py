@@ -11,7 +11,9 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
+from guidance.apps.common import one_line_errors, to_container
+from guidance.config import CONF_DIR
+from guidance.tracking import init_wandb
 from guidance.errors import GuidanceError
 from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
 

@@ -16,7 +16,8 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, one_line_errors
+from guidance.apps.common import one_line_errors
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
 
 
@@ -26,7 +27,7 @@ def import_adm(checkpoint: str | Path, release_name: str, out: str | Path) -> Pa
 
     from guidance.adm import convert_state_dict, release
     from guidance.io import sha256_file
-    from guidance.training.checkpoint import save_snapshot
+    from guidance.checkpoint import save_snapshot
 
     rel, checkpoint = release(release_name), Path(checkpoint)
     if not checkpoint.is_file():

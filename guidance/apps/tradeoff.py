@@ -10,7 +10,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from guidance.apps.common import CONF_DIR, one_line_errors, to_container
+from guidance.apps.common import one_line_errors, to_container
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
 
 

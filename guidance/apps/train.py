@@ -13,7 +13,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, one_line_errors
+from guidance.apps.common import one_line_errors
+from guidance.config import CONF_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

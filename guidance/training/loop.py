@@ -33,8 +33,8 @@ from guidance.data import load_dataset, to_model_range, to_uint8
 from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
 from guidance.sampling.rng import mixed_seed
-from guidance.training import distributed
-from guidance.training.checkpoint import load_training_state, save_snapshot, save_training_state
+from guidance import distributed
+from guidance.checkpoint import load_training_state, save_snapshot, save_training_state
 from guidance.training.ema import EMA
 
 log = logging.getLogger(__name__)
