@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # conf/ sits at the repository top level (editable install). GUIDANCE_CONF_DIR points elsewhere.
 CONF_DIR = os.environ.get("GUIDANCE_CONF_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
@@ -24,3 +24,13 @@ def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
         return compose(config_name=name, overrides=list(overrides))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def _sweep_dirname_excludes() -> list[str]:
+    from guidance.settings import sweep_dirname_excludes
+
+    return sweep_dirname_excludes()
+
+
+# conf/sample.yaml names its sweep folders by the overrides that change samples: the rest is derived, not listed.
+OmegaConf.register_new_resolver("guidance_dirname_excludes", _sweep_dirname_excludes, replace=True)

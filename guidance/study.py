@@ -20,6 +20,7 @@ from tqdm import tqdm
 from guidance import distributed
 from guidance.config import CONF_DIR, compose_config
 from guidance.errors import GuidanceError
+from guidance.settings import StudySettings, parse
 
 REPO_ROOT = Path(CONF_DIR).resolve().parent
 # Config groups the study shares with the training app.
@@ -103,8 +104,10 @@ def ensure_evaluator(cfg: DictConfig, chosen_by_user: bool = False) -> Path:
     if shipped and not chosen_by_user:  # the shipped evaluator keeps numbers comparable across machines
         tqdm.write(f"[evaluator] reusing shipped {shipped}")
         return shipped
+    subset = cfg.study.get("evaluator_train_subset")
     if not chosen_by_user:  # one evaluator per training length: a 1-epoch debug one never serves the CPU study
-        configured = configured.parent / f"epochs{cfg.study.evaluator_epochs}" / configured.name
+        configured = (configured.parent / (f"epochs{cfg.study.evaluator_epochs}" + (f"-n{subset}" if subset else ""))
+                      / configured.name)
     if configured.is_file():
         tqdm.write(f"[evaluator] reusing {configured}")
         return configured
@@ -113,6 +116,7 @@ def ensure_evaluator(cfg: DictConfig, chosen_by_user: bool = False) -> Path:
     ev_cfg = _compose_like("train_evaluator", cfg, ("data", "logger"))
     with open_dict(ev_cfg):
         ev_cfg.epochs = cfg.study.evaluator_epochs
+        ev_cfg.train_subset = subset
         ev_cfg.out_dir = str(configured.parent)
         ev_cfg.device = cfg.device
     tqdm.write(f"[evaluator] training the {cfg.data.name} evaluator into {configured}")
@@ -225,11 +229,14 @@ def ensure_weak(cfg: DictConfig, points: list[dict]) -> Path | None:
     return path
 
 
-def metrics_config(cfg: DictConfig, evaluator: Path) -> DictConfig:
-    m = OmegaConf.create(OmegaConf.to_container(cfg.metrics, resolve=True))
-    if cfg.metrics.extractor == "evaluator":
-        m.evaluator_checkpoint = str(evaluator)
-    return m
+def study_metrics(cfg: DictConfig, evaluator: Path):
+    """The study's metrics settings, parsed once for every point (with the evaluator stage 2 chose)."""
+    from guidance.metrics.evaluate import metrics_config
+
+    m = OmegaConf.to_container(cfg.metrics, resolve=True)
+    if m.get("extractor") == "evaluator":
+        m["evaluator_checkpoint"] = str(evaluator)
+    return metrics_config(m)
 
 
 def sweep_name_of(cfg: DictConfig) -> str:
@@ -246,7 +253,7 @@ def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[s
     from guidance.sampling.point import run_sample
 
     sweep_dir, sweep_name = out_dir / "sweep", sweep_name_of(cfg)
-    m_cfg = metrics_config(cfg, evaluator)
+    m_cfg = study_metrics(cfg, evaluator)
     tqdm.write(f"[sweep] {len(points)} points ({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} "
                f"{cfg.study.respacing}); samples and metrics are reused where their settings match")
     reused = 0
@@ -274,6 +281,7 @@ def run_study(cfg: DictConfig, out_dir: Path, env: distributed.DistEnv, evaluato
     from guidance.report import build_report
 
     t0 = time.time()
+    parse(StudySettings, cfg.study, "study.")  # bad counts fail before any training
     stages = ["models", "evaluator", "sweep", "report"]
     tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})"
                + (f"  [{env.world_size} processes]" if env.distributed else ""))

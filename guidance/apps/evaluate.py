@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 
-import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import one_line_errors, to_container
-from guidance.config import CONF_DIR
+from guidance.apps.common import hydra_app, to_container
 from guidance.tracking import init_wandb
 from guidance.errors import GuidanceError
 from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
@@ -50,8 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-@one_line_errors
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

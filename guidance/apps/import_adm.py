@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import one_line_errors
-from guidance.config import CONF_DIR
+from guidance.apps.common import hydra_app
 from guidance.errors import GuidanceError
 
 
@@ -47,8 +45,7 @@ def import_adm(checkpoint: str | Path, release_name: str, out: str | Path) -> Pa
                          data_config=rel.data, extra=extra)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="import_adm")
-@one_line_errors
+@hydra_app("import_adm")
 def main(cfg: DictConfig) -> None:
     from guidance.adm import release
 

@@ -14,18 +14,15 @@ import contextlib
 import os
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from guidance import distributed
-from guidance.apps.common import one_line_errors
-from guidance.config import CONF_DIR
+from guidance.apps.common import hydra_app
 from guidance.study import run_study
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="main")
-@one_line_errors
+@hydra_app("main")
 def main(cfg: DictConfig) -> None:
     """One process, or one per device under torchrun: every rank trains (DDP) and samples its share of each
     point; rank 0 alone prints, trains the evaluator, evaluates and reports while the others wait."""

@@ -15,19 +15,16 @@ import json
 import os
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import one_line_errors
-from guidance.config import CONF_DIR
+from guidance.apps.common import hydra_app
 from guidance.errors import GuidanceError
 from guidance.sampling.point import run_sample
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
-@one_line_errors
+@hydra_app("sample")
 def main(cfg: DictConfig) -> None:
     npz = run_sample(cfg, HydraConfig.get().runtime.output_dir)
     if cfg.evaluate and int(os.environ.get("RANK", "0")) == 0:

@@ -6,16 +6,13 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from guidance.apps.common import one_line_errors
-from guidance.config import CONF_DIR
+from guidance.apps.common import hydra_app
 from guidance.training.evaluator import train_evaluator
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_evaluator")
-@one_line_errors
+@hydra_app("train_evaluator")
 def main(cfg: DictConfig) -> None:
     train_evaluator(cfg)
 

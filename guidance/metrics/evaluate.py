@@ -11,6 +11,7 @@ IS / KID go through torch-fidelity's feature-level functions; FID, sFID, P&R, D&
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import zipfile
@@ -32,33 +33,7 @@ from guidance.metrics.prdc import manifold_indicators
 from guidance.metrics.reference import cache_key, load_or_extract
 from guidance.metrics.registry import METRICS, extractor_spec, metrics_for
 from guidance.metrics.statistics import STATISTICS, Inputs
-
-# Values used when a caller passes a partial metrics config (conf/metrics/*.yaml hold the same fields).
-DEFAULTS = {
-    "extractor": "evaluator",
-    "evaluator_checkpoint": None,
-    "inception_weights": None,
-    "dinov2_weights": None,
-    "clip_weights": None,
-    "compute": None,
-    "reference_split": "train",
-    "num_reference": None,
-    "batch_size": 256,
-    "device": "auto",
-    "cache_dir": "runs/cache/reference",
-    "k_prc": 3,
-    "k_dc": 5,
-    "knn_chunk": 1024,
-    "isc_splits": 10,
-    "kid_subsets": 100,
-    "kid_subset_size": 1000,
-    "bootstrap": 10,
-    "seed": 0,
-    "per_class": False,
-    "cmmd_sigma": 10.0,
-    "progress": True,
-}
-
+from guidance.settings import MetricsSettings, parse
 
 def _as_dict(cfg) -> dict:
     if cfg is None:
@@ -68,13 +43,15 @@ def _as_dict(cfg) -> dict:
     return dict(cfg)
 
 
-def metrics_config(cfg) -> dict:
-    c = {**DEFAULTS, **_as_dict(cfg)}
-    unknown = set(c) - set(DEFAULTS)
-    if unknown:
-        raise GuidanceError(f"unknown metrics option(s) {sorted(unknown)}: known are {sorted(DEFAULTS)}")
-    metrics_for(c["extractor"], c["compute"])  # validates the extractor and the metric names
-    return c
+class MetricsConfig(dict):
+    """A metrics config parsed by metrics_config (guidance.settings.MetricsSettings as a dict): not parsed again."""
+
+
+def metrics_config(cfg) -> MetricsConfig:
+    """A (partial) metrics node -> every option, typed and checked once (one line on a bad one)."""
+    if isinstance(cfg, MetricsConfig):
+        return cfg
+    return MetricsConfig(dataclasses.asdict(parse(MetricsSettings, cfg, "metrics.")))
 
 
 # ---------------------------------------------------------------------------------------------- input files
@@ -359,7 +336,7 @@ def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: st
     """Evaluate `folder/samples.npz` (or a samples .npz path) and write this extractor's result into the
     `metrics.json` beside it; results of other extractors for the same samples are kept. `samples_sha256`: the
     npz's hash when the caller already has it (a 50k-image batch is hashed once, not twice)."""
-    metrics_config(cfg_metrics)  # bad settings fail before any file is read
+    cfg_metrics = metrics_config(cfg_metrics)  # bad settings fail before any file is read
     npz = find_samples_npz(folder)
     images, labels = load_images_npz(npz)
     out = evaluate_samples(images, labels, cfg_metrics, data_cfg, reference_npz)
@@ -391,6 +368,7 @@ def evaluate_folder_if_stale(folder: str | Path, cfg_metrics, data_cfg,
                              reference_npz: str | Path | None = None) -> dict | None:
     """evaluate_folder, unless metrics.json already holds this extractor's result for these very samples (by
     content) made with the same settings (recorded in metrics_settings.json). None when the old result holds."""
+    cfg_metrics = metrics_config(cfg_metrics)
     npz = find_samples_npz(folder)
     settings = json.loads(json.dumps(evaluation_settings(cfg_metrics, data_cfg, reference_npz)))
     metrics, used = npz.parent / "metrics.json", npz.parent / "metrics_settings.json"

@@ -150,7 +150,7 @@ class EvaluatorExtractor(FeatureExtractorBase):
                                 f"(same data=...), or set metrics.evaluator_checkpoint=<path>")
         from guidance.checkpoint import load_snapshot  # owned by training; imported late on purpose
 
-        self.net, self.meta = load_snapshot(path, role="evaluator")
+        self.net, self.meta = load_snapshot(path, role="evaluator", option="metrics.evaluator_checkpoint")
         self.net.requires_grad_(False).eval()
         self.weights_sha256 = sha256_file(path)
 

@@ -25,9 +25,10 @@ from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError, check_scale
 from guidance.io import sha256_file
 from guidance.sampling.denoiser import GuidedDenoiser, cost_per_sample
-from guidance.sampling.generate import finished_samples, generate_parts, merge_parts, save_samples
-from guidance.sampling.rng import LABEL_MODES
+from guidance.sampling.generate import (batch_ranges, finished_samples, generate_parts, merge_parts, part_path,
+                                       save_samples)
 from guidance.sampling.runtime import Runtime
+from guidance.settings import sample_settings
 from guidance.tracking import init_wandb, log_images
 
 
@@ -79,14 +80,8 @@ def build(node: DictConfig, **kwargs):
 
 
 def check_request(cfg: DictConfig) -> None:
-    """Fail on bad settings before loading anything."""
-    if cfg.labels not in LABEL_MODES:
-        raise GuidanceError(f"labels={cfg.labels} is unknown; use one of {', '.join(LABEL_MODES)}")
-    if not all(isinstance(cfg[k], int) and not isinstance(cfg[k], bool) and cfg[k] >= 1
-               for k in ("num_samples", "batch_size")):
-        raise GuidanceError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be positive integers")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise GuidanceError(f"seed={cfg.seed!r} must be a non-negative integer (image i's noise comes from (seed, i))")
+    """Fail on bad settings before loading anything: the options typed (guidance.settings), the scales finite."""
+    sample_settings(cfg)
     for key in ("scale", "classifier_scale"):
         if key in cfg.guidance:
             check_scale(cfg.guidance[key], f"guidance.{key}")
@@ -120,7 +115,7 @@ def load_weak(cfg: DictConfig, unet_meta: dict, device):
         raise GuidanceError("guidance=autoguidance needs the weak model: pass weak_ckpt=PATH (train one with "
                             "guidance-train experiment=weak_unet)")
     path = to_absolute_path(cfg.weak_ckpt)
-    weak, meta = load_snapshot(path, role="unet", map_location=device, use_ema=bool(cfg.use_ema))
+    weak, meta = load_snapshot(path, role="unet", map_location=device, use_ema=bool(cfg.use_ema), option="weak_ckpt")
     check_compatible(unet_meta, meta, what="weak U-Net")
     strip = lambda d: {k: v for k, v in (d or {}).items() if k != "timestep_respacing"}
     if strip(meta.get("diffusion_config")) != strip(unet_meta.get("diffusion_config")):
@@ -146,6 +141,9 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     sampler = build(cfg.sampler, diffusion=base)
     guider.check_sampler(sampler)
     runtime = Runtime.resolve(cfg.precision, cfg.channels_last, cfg.compile, env.device)
+    if runtime.precision == "fp16" and env.device.type == "cpu" and env.is_main:
+        print("note: precision=fp16 on a CPU runs ~17x slower than fp32 (CPUs have no fp16 matmul units): use "
+              "precision=fp32, or bf16 on CPUs with AMX/AVX512-bf16")
     null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,
                               null_trained=null_trained)
@@ -158,6 +156,8 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
     plan = hashlib.sha256(json.dumps([{k: info.get(k) for k in MATCH_KEYS}, int(cfg.batch_size)], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
     parts = out_dir / f".parts-{plan}"
+    if env.is_main:
+        say_resuming(parts, int(cfg.num_samples), int(cfg.batch_size))
     generate_parts(sampler, denoiser, (mc["in_channels"], mc["image_size"], mc["image_size"]), int(cfg.num_samples),
                    int(cfg.seed), classes, parts, cfg.labels, int(cfg.batch_size), env.device, env.rank,
                    env.world_size, progress=env.is_main, desc=f"sample {guider!r}")
@@ -167,6 +167,14 @@ def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
         finish_point(cfg, out_dir, parts, info, t0, env, f"{guider!r}, {sampler.label}, {sampler.steps} steps")
     distributed.barrier()
     return npz
+
+
+def say_resuming(parts: Path, num_samples: int, batch_size: int) -> None:
+    """One line when a killed run of this very point left finished batches behind."""
+    done = [r for r in batch_ranges(num_samples, batch_size) if part_path(parts, *r).is_file()]
+    if done:
+        print(f"resuming {parts.parent}: {sum(e - s for s, e in done)} of {num_samples} samples "
+              f"({len(done)} batches) are already in {parts.name}")
 
 
 def point_info(cfg, guider, sampler, mc, unet_meta, clf_meta) -> dict:
