@@ -26,6 +26,24 @@ def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
         return compose(config_name=name, overrides=list(overrides))
 
 
+def build(node, **kwargs):
+    """hydra.utils.instantiate, but a GuidanceError from the constructor stays a one-line GuidanceError (Hydra
+    wraps it in a multi-line InstantiationException)."""
+    from hydra.utils import instantiate
+
+    from guidance.errors import GuidanceError
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, GuidanceError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def _sweep_dirname_excludes() -> list[str]:
     from guidance.settings import sweep_dirname_excludes
 

@@ -45,6 +45,7 @@ def world(tmp_path_factory):
     np.savez(d / "nchw.npz", arr_0=np.zeros((4, 1, SIZE, SIZE), np.uint8))
     np.savez(d / "float_labels.npz", arr_0=np.zeros((4, SIZE, SIZE, 1), np.uint8), arr_1=np.full(4, 0.5))
     (d / "empty_root").mkdir()
+    np.savez(d / "odd.npz", arr_0=np.zeros((16, 30, 30, 1), np.uint8), arr_1=np.arange(16) % 10)
     return d
 
 
@@ -188,6 +189,10 @@ CASES = [  # (what, input, call)
     ("evaluation", "`metrics.k_prc=0`", lambda w: evaluate(w, "nchw.npz", k_prc=0)),
     ("evaluation", "`metrics.batch_size=abc`", lambda w: evaluate(w, "nchw.npz", batch_size="abc")),
     ("training", "a run folder whose state holds another architecture", resumed_with_another_architecture),
+    ("training", "`data=npz` of 30x30 images (the U-Net halves the size twice)", lambda w: train(
+        w, "data=npz", f"data.path={w / 'odd.npz'}", "data.image_size=30", "data.channels=1")),
+    ("sampling", "`sampler.respacing=ddim5000` on a 40-step model", lambda w: sample(w, "sampler=ddim",
+                                                                                      "sampler.respacing=ddim5000")),
     ("evaluator", "`lr=-0.001` (guidance-train-evaluator)", lambda w: train_evaluator(w, "lr=-0.001")),
     ("evaluator", "`batch_size=64.5` (guidance-train-evaluator)", lambda w: train_evaluator(w, "batch_size=64.5")),
     ("evaluator", "`out_dir` under a regular file (guidance-train-evaluator)", lambda w: train_evaluator(

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from guidance.apps.common import hydra_app, to_container
 from guidance.tracking import init_wandb
 from guidance.errors import GuidanceError
+from guidance.io import check_writable_dir
 from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
 
 SCALARS = ("fid", "sfid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage", "class_acc", "cmmd",
@@ -37,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if not cfg.samples:
         raise GuidanceError("pass samples=<samples.npz or a sample job's folder> (or write_reference=<path> alone)")
     npz = find_samples_npz(to_absolute_path(cfg.samples))
+    check_writable_dir(npz.parent, "samples")  # metrics.json goes beside them: refuse before the metric work
     out = evaluate_folder(npz, metrics_cfg, to_container(cfg.data), _abs(cfg.reference_npz))
     run = init_wandb(cfg.logger, job_type="evaluate", config=to_container(cfg), dir=npz.parent)
     scalars = {f"metrics/{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

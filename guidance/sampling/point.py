@@ -16,11 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from guidance import distributed
 from guidance.checkpoint import load_snapshot
+from guidance.config import build
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError, check_scale
 from guidance.io import sha256_file
@@ -64,19 +65,6 @@ def check_compatible(unet_meta: dict, clf_meta: dict, what: str = "classifier") 
         k = differ[0]
         raise GuidanceError(f"U-Net {unet_meta['path']} was trained on data.{k}={ud[k]} but {what} {clf_meta['path']} "
                             f"on data.{k}={cd[k]}; pass a {what} checkpoint trained on the same dataset")
-
-
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, but a GuidanceError from the constructor stays a one-line GuidanceError."""
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as e:
-        cause = e
-        while cause is not None and not isinstance(cause, GuidanceError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def check_request(cfg: DictConfig) -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from guidance.device import resolve_device
+from guidance.config import build
 from guidance.errors import GuidanceError
 from guidance.io import check_writable_dir
 from guidance.settings import TrainEvaluatorSettings, parse
@@ -50,7 +51,7 @@ def train_evaluator(cfg: DictConfig) -> dict:
     if s.train_subset is not None:  # the debug study: plumbing, not accuracy
         x_train, y_train = x_train[:s.train_subset], y_train[:s.train_subset]
     x_test, y_test = load_dataset(data_cfg, "test")
-    model = instantiate(cfg.evaluator, _convert_="all").to(device)
+    model = build(cfg.evaluator, _convert_="all").to(device)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / s.batch_size)
     total = s.epochs * steps_per_epoch

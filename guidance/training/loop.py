@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from guidance.tracking import init_wandb, log_images
 from guidance.data import load_dataset, to_model_range, to_uint8
+from guidance.config import build
 from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
 from guidance.sampling.rng import mixed_seed
@@ -163,7 +163,7 @@ def _setup(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> _Run:
     pin = env.device.type == "cuda"
     if pin:
         images, labels = images.pin_memory(), labels.pin_memory()
-    diffusion = instantiate(cfg.diffusion)
+    diffusion = build(cfg.diffusion)
     return _Run(cfg=cfg, env=env, run_dir=run_dir, resolved=resolved, roles=roles, images=images, labels=labels,
                 pin=pin, diffusion=diffusion, timestep_map=diffusion.timestep_map.to(env.device))
 
@@ -177,7 +177,7 @@ def _build_networks(run: _Run) -> None:
     ema_rates = {"unet": t_cfg.ema_rate, "classifier": t_cfg.get("classifier_ema_rate")}
     for role in run.roles:
         torch.manual_seed(mixed_seed(t_cfg.seed, 1 << 21, ROLES.index(role)))  # same init on every rank
-        model = run.models[role] = instantiate(model_cfgs[role], _convert_="all").to(run.device)
+        model = run.models[role] = build(model_cfgs[role], _convert_="all").to(run.device)
         run.opts[role] = torch.optim.AdamW(model.parameters(), lr=run.lrs[role], weight_decay=run.wds[role])
         if ema_rates[role] is not None:
             run.emas[role] = EMA(model, ema_rates[role], warmup=t_cfg.get("ema_warmup", True))
@@ -410,7 +410,7 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
     classes = torch.linspace(0, num_classes - 1, min(num_classes, 10)).round().long()
     y = classes.repeat_interleave(per_class).to(device)
     # the training (un-respaced) diffusion; the sampler respaces it to `sample_respacing` steps itself
-    sampler = DDIMSampler(instantiate(cfg.diffusion), respacing=t_cfg.sample_respacing, eta=0.0)
+    sampler = DDIMSampler(build(cfg.diffusion), respacing=t_cfg.sample_respacing, eta=0.0)
     denoiser = GuidedDenoiser(NoGuidance(), {"unet": model}, null_label=num_classes)
     shape = (len(y), int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
     x = sampler.sample(denoiser, shape, y, PerImageRNG(t_cfg.seed, range(len(y)), device=device))
