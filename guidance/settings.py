@@ -197,12 +197,12 @@ class TrainEvaluatorSettings:
     min_accuracy: Optional[float] = None
     log_every: int = 50
     out_dir: str = "runs/evaluator"
-    train_subset: Optional[int] = None   # first n training images (the debug study); null: all
+    subset: Optional[int] = None   # the first n images of the train and test splits (the debug study); null: all
 
     def check(self, where: str = "") -> None:
         _positive(self, where, "epochs", "batch_size", "log_every")
-        if self.train_subset is not None:
-            _positive(self, where, "train_subset")
+        if self.subset is not None:
+            _positive(self, where, "subset")
         if self.lr <= 0 or self.weight_decay < 0:
             raise GuidanceError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0 "
                                 "(Adam; e.g. lr=2e-3)")
@@ -219,7 +219,7 @@ class StudySettings:
     name: str = "cpu"
     train_steps: int = 6000
     evaluator_epochs: int = 3
-    evaluator_train_subset: Optional[int] = None   # train the evaluator on the first n images (debug)
+    evaluator_subset: Optional[int] = None   # the evaluator learns and is scored on the first n images (debug)
     num_samples: int = 2000
     batch_size: int = 250
     seed: int = 0
@@ -235,8 +235,8 @@ class StudySettings:
         from guidance.sampling.rng import LABEL_MODES
 
         _positive(self, where, "train_steps", "evaluator_epochs", "num_samples", "batch_size")
-        if self.evaluator_train_subset is not None:
-            _positive(self, where, "evaluator_train_subset")
+        if self.evaluator_subset is not None:
+            _positive(self, where, "evaluator_subset")
         if self.seed < 0:
             raise GuidanceError(f"{where}seed={self.seed} must be a non-negative integer")
         if self.labels not in LABEL_MODES:

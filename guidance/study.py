@@ -104,7 +104,7 @@ def ensure_evaluator(cfg: DictConfig, chosen_by_user: bool = False) -> Path:
     if shipped and not chosen_by_user:  # the shipped evaluator keeps numbers comparable across machines
         tqdm.write(f"[evaluator] reusing shipped {shipped}")
         return shipped
-    subset = cfg.study.get("evaluator_train_subset")
+    subset = cfg.study.get("evaluator_subset")
     if not chosen_by_user:  # one evaluator per training length: a 1-epoch debug one never serves the CPU study
         configured = (configured.parent / (f"epochs{cfg.study.evaluator_epochs}" + (f"-n{subset}" if subset else ""))
                       / configured.name)
@@ -116,7 +116,7 @@ def ensure_evaluator(cfg: DictConfig, chosen_by_user: bool = False) -> Path:
     ev_cfg = _compose_like("train_evaluator", cfg, ("data", "logger"))
     with open_dict(ev_cfg):
         ev_cfg.epochs = cfg.study.evaluator_epochs
-        ev_cfg.train_subset = subset
+        ev_cfg.subset = subset
         ev_cfg.out_dir = str(configured.parent)
         ev_cfg.device = cfg.device
     tqdm.write(f"[evaluator] training the {cfg.data.name} evaluator into {configured}")

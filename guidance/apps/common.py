@@ -55,7 +55,6 @@ def hydra_app(config_name: str, check: Callable[[DictConfig, Path], None] | None
                 sys.exit(2)
             return run()
 
-        main.task = task  # the undecorated task (tests call it with a composed config)
         return main
 
     return deco

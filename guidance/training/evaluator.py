@@ -48,9 +48,9 @@ def train_evaluator(cfg: DictConfig) -> dict:
     check_writable_dir(out_dir, "out_dir")
     data_cfg = to_container(cfg.data)
     x_train, y_train = load_dataset(data_cfg, "train")
-    if s.train_subset is not None:  # the debug study: plumbing, not accuracy
-        x_train, y_train = x_train[:s.train_subset], y_train[:s.train_subset]
     x_test, y_test = load_dataset(data_cfg, "test")
+    if s.subset is not None:  # the debug study: plumbing, not accuracy
+        x_train, y_train, x_test, y_test = x_train[:s.subset], y_train[:s.subset], x_test[:s.subset], y_test[:s.subset]
     model = build(cfg.evaluator, _convert_="all").to(device)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / s.batch_size)
