@@ -158,7 +158,7 @@ LEARNED = {"_target_": "guidance.diffusion.create_diffusion", "steps": 1000, "no
 def imported(tmp_path, monkeypatch):
     """Tiny releases with ADM's layouts (legacy attention, learned σ, null-less labels), written as ADM files with
     random weights and imported through guidance-import-adm's function."""
-    from guidance.apps.import_adm import import_adm
+    from guidance.adm.importer import import_adm
 
     tiny = {"tiny_cond": ("unet", TINY_UNET), "tiny_uncond": ("unet", {**TINY_UNET, "num_classes": None}),
             "tiny_classifier": ("classifier", TINY_CLASSIFIER)}
