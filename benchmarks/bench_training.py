@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from benchmarks.common import machine
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.data import load_dataset, to_model_range
 from guidance.training import train
 

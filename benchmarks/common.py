@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.diffusion import create_diffusion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def compose_sample(overrides: list[str]):
 
 def load_networks(device: torch.device) -> tuple[dict, dict]:
     """The shipped CPU-study snapshots (U-Net, classifier, weak U-Net): real weights, so guided steps do real work."""
-    from guidance.training.checkpoint import load_snapshot
+    from guidance.checkpoint import load_snapshot
 
     nets, meta = {}, None
     for name, file, role in (("unet", "unet.pt", "unet"), ("classifier", "classifier.pt", "classifier"),

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import io
 import json
+import errno
 import os
 import shutil
 import socket
@@ -88,10 +89,37 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
     return path
 
 
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Make the output folder `path` now, so a regular file in its way or a read-only parent is one line before
+    any work rather than a failed write after it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GuidanceError(f"{what}={path} cannot be made a folder: {e.strerror or e} ({type(e).__name__}); choose "
+                            "another output path") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise GuidanceError(f"{what}={path} is not writable (permission denied); choose another output path")
+    return path
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     import torch  # lazy: apps that only write reports should not pay torch's import time
 
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    def write(f):
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's zip writer reports a short write (full disk, file-size limit) so
+            if "inline_container" not in str(e) and "write" not in str(e).lower():
+                raise
+            raise OSError(errno.ENOSPC, f"torch.save stopped writing ({_first_line(e)}): the disk is full or a "
+                                        "file-size limit was reached") from None
+
+    return _atomic_write(path, write)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:80]
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:

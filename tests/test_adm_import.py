@@ -158,7 +158,7 @@ LEARNED = {"_target_": "guidance.diffusion.create_diffusion", "steps": 1000, "no
 def imported(tmp_path, monkeypatch):
     """Tiny releases with ADM's layouts (legacy attention, learned σ, null-less labels), written as ADM files with
     random weights and imported through guidance-import-adm's function."""
-    from guidance.apps.import_adm import import_adm
+    from guidance.adm.importer import import_adm
 
     tiny = {"tiny_cond": ("unet", TINY_UNET), "tiny_uncond": ("unet", {**TINY_UNET, "num_classes": None}),
             "tiny_classifier": ("classifier", TINY_CLASSIFIER)}
@@ -176,8 +176,8 @@ def imported(tmp_path, monkeypatch):
 def _sample(imported, tmp_path, unet, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from guidance.apps.common import CONF_DIR
-    from guidance.apps.sample import run_sample
+    from guidance.config import CONF_DIR
+    from guidance.sampling.point import run_sample
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("sample", overrides=[f"unet_ckpt={imported[unet]}", f"classifier_ckpt={imported['tiny_classifier']}",
@@ -213,7 +213,7 @@ def test_import_app_writes_a_snapshot_and_refuses_bad_input_in_one_line(imported
     import subprocess
     import sys
 
-    from guidance.training.checkpoint import load_snapshot
+    from guidance.checkpoint import load_snapshot
 
     model, meta = load_snapshot(imported["tiny_cond"], role="unet")
     assert meta["extra"]["null_class_trained"] is False and meta["diffusion_config"]["model_var_type"] == "learned_range"
@@ -229,7 +229,7 @@ def test_import_app_writes_a_snapshot_and_refuses_bad_input_in_one_line(imported
 def test_table4_preset_is_adms_protocol():
     from hydra import compose, initialize_config_dir
 
-    from guidance.apps.common import CONF_DIR
+    from guidance.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("sample", overrides=["experiment=adm_release_table4"], return_hydra_config=True)

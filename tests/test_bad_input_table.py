@@ -14,10 +14,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
 from guidance.nn import EncoderClassifier, UNet
-from guidance.training.checkpoint import save_snapshot
+from guidance.checkpoint import save_snapshot
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 SIZE, K = 8, 3
@@ -46,11 +46,12 @@ def world(tmp_path_factory):
     np.savez(d / "float_labels.npz", arr_0=np.zeros((4, SIZE, SIZE, 1), np.uint8), arr_1=np.full(4, 0.5))
     np.savez(d / "unlabelled.npz", arr_0=np.zeros((4, SIZE, SIZE, 1), np.uint8))
     (d / "empty_root").mkdir()
+    np.savez(d / "odd.npz", arr_0=np.zeros((16, 30, 30, 1), np.uint8), arr_1=np.arange(16) % 10)
     return d
 
 
 def sample(world, *overrides, clf="clf.pt"):
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("sample", overrides=[f"unet_ckpt={world / 'unet.pt'}", f"classifier_ckpt={world / clf}",
@@ -102,6 +103,59 @@ def full_disk(world):
     _atomic_write(world / "metrics.json", write, mode="w")
 
 
+def app(name, *argv, **patches):
+    """An app's check of its command line (guidance.apps.common.preflight), as `guidance-<name> argv` runs it."""
+    from guidance.apps.common import preflight
+
+    check = None
+    if name == "train":
+        from guidance.apps.train import _check as check
+    with pytest.MonkeyPatch.context() as mp:
+        for target, value in patches.items():  # "shutil.which": what the machine would answer
+            module, attr = target.rsplit(".", 1)
+            mp.setattr(__import__(module, fromlist=["x"]), attr, value)
+        preflight(name, list(argv), check)
+
+
+def main_study(world, *overrides):
+    from guidance.study import run_study
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("main", overrides=["study=debug", "logger=none", *overrides])
+    run_study(cfg, world / "study", None)
+
+
+def train_evaluator(world, *overrides):
+    from guidance.training.evaluator import train_evaluator as run
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train_evaluator", overrides=["logger=none", f"out_dir={world / 'ev'}", *overrides])
+    run(cfg)
+
+
+def torch_save_full_disk(world):
+    from guidance.io import atomic_torch_save
+
+    with pytest.MonkeyPatch.context() as mp:  # what torch's zip writer raises on a short write (ENOSPC, EFBIG)
+        mp.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")))
+        atomic_torch_save({}, world / "state.pt")
+
+
+def resumed_with_another_architecture(world):
+    """guidance-train into a run folder whose state.pt holds another architecture: refused before Hydra writes
+    the run's .hydra/config.yaml (issue 23: the rejected settings overwrote it)."""
+    from guidance.checkpoint import save_training_state
+    from guidance.training.loop import planned_arch
+
+    run = world / "arch_run"
+    argv = ["experiment=debug", "logger=none", f"out_dir={run}", "training.train_classifier=false"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        arch = planned_arch(compose("train", overrides=argv))
+    save_training_state(run / "checkpoints" / "state.pt", {"step": 1, "models": {}, "arch": arch})
+    app("train", *argv, "model.model_channels=16")
+
+
 CASES = [  # (what, input, call)
     ("sampling", "`seed=-3`", lambda w: sample(w, "seed=-3")),
     ("sampling", "`guidance.scale=nan`", lambda w: sample(w, "guidance=cfg", "guidance.scale=nan")),
@@ -146,6 +200,41 @@ CASES = [  # (what, input, call)
     ("files", "an output path under a regular file", lambda w: __import__("guidance.io", fromlist=["x"])
      .atomic_write_json({}, w / "blocker" / "metrics.json")),
     ("files", "a full disk while writing a result", full_disk),
+    # issue 23: tracebacks, Hydra's multi-line messages and wrong hints, now one line before any work
+    ("files", "a full disk inside `torch.save`", torch_save_full_disk),
+    ("files", "a full disk before Hydra writes its config (any app)", lambda w: app(
+        "sample", f"hydra.run.dir={w / 'out'}", **{"shutil.disk_usage": lambda p: __import__("shutil")._ntuple_diskusage(
+            10**9, 10**9 - 4096, 4096)})),
+    ("files", "`hydra.run.dir` under a regular file (guidance-sample)", lambda w: app(
+        "sample", f"hydra.run.dir={w / 'blocker' / 'x'}")),
+    ("files", "`out_dir` under a regular file (guidance-train)", lambda w: app(
+        "train", f"out_dir={w / 'blocker' / 'x'}")),
+    ("files", "`out_dir` under a regular file (guidance-main)", lambda w: app(
+        "main", f"out_dir={w / 'blocker' / 'x'}")),
+    ("config", "`guidance=nope` (an unknown option of a config group)", lambda w: app("sample", "guidance=nope")),
+    ("config", "`guidance=none guidance.scale=2`", lambda w: app("sample", "guidance=none", "guidance.scale=2")),
+    ("config", "`num_sample=8` (a misspelt option)", lambda w: app("sample", "num_sample=8")),
+    ("config", "`guidance-import-adm` without its options", lambda w: app("import_adm")),
+    ("config", "`-m hydra/launcher=submitit_slurm` without SLURM", lambda w: app(
+        "sample", "-m", "hydra/launcher=submitit_slurm", "guidance.scale=1,2", f"hydra.sweep.dir={w / 'sw'}",
+        **{"shutil.which": lambda name: None})),
+    ("sampling", "`batch_size=2.5`", lambda w: sample(w, "batch_size=2.5")),
+    ("sampling", "`guidance=autoguidance weak_ckpt=<a classifier>` (the hint names weak_ckpt)",
+     lambda w: sample(w, "guidance=autoguidance", f"weak_ckpt={w / 'clf.pt'}")),
+    ("sampling", "`+num_steps=10` (an option sampling does not have)", lambda w: sample(w, "+num_steps=10")),
+    ("evaluation", "`metrics.k_prc=0`", lambda w: evaluate(w, "nchw.npz", k_prc=0)),
+    ("evaluation", "`metrics.batch_size=abc`", lambda w: evaluate(w, "nchw.npz", batch_size="abc")),
+    ("training", "a run folder whose state holds another architecture", resumed_with_another_architecture),
+    ("training", "`data=npz` of 30x30 images (the U-Net halves the size twice)", lambda w: train(
+        w, "data=npz", f"data.path={w / 'odd.npz'}", "data.image_size=30", "data.channels=1")),
+    ("sampling", "`sampler.respacing=ddim5000` on a 40-step model", lambda w: sample(w, "sampler=ddim",
+                                                                                      "sampler.respacing=ddim5000")),
+    ("evaluator", "`lr=-0.001` (guidance-train-evaluator)", lambda w: train_evaluator(w, "lr=-0.001")),
+    ("evaluator", "`batch_size=64.5` (guidance-train-evaluator)", lambda w: train_evaluator(w, "batch_size=64.5")),
+    ("evaluator", "`out_dir` under a regular file (guidance-train-evaluator)", lambda w: train_evaluator(
+        w, f"out_dir={w / 'blocker' / 'ev'}")),
+    ("main", "`study.num_samples=0`", lambda w: main_study(w, "study.num_samples=0")),
+    ("main", "`study.sweep=[]`", lambda w: main_study(w, "study.sweep=[]")),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Snapshots and training state (guidance.training.checkpoint) and EMA math (guidance.training.ema)."""
+"""Snapshots and training state (guidance.checkpoint) and EMA math (guidance.training.ema)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from guidance.errors import GuidanceError
-from guidance.training import EMA, load_snapshot, load_training_state, save_snapshot, save_training_state
+from guidance.checkpoint import load_snapshot, load_training_state, save_snapshot, save_training_state
+from guidance.training import EMA
 
 LINEAR = {"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2}
 
@@ -104,7 +105,7 @@ def test_real_unet_snapshot_round_trip(tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from guidance.apps.common import CONF_DIR
+    from guidance.config import CONF_DIR
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("train")

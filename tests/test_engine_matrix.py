@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
 from guidance.engine import Eval

@@ -17,7 +17,7 @@ from guidance.guiders import build_guider
 from guidance.nn import UNet
 from guidance.sampling import DDIMSampler, DDPMSampler, GuidedDenoiser, PerImageRNG
 from guidance.sampling.grid import sigmas_of
-from guidance.training.checkpoint import load_snapshot
+from guidance.checkpoint import load_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = torch.load(ROOT / "tests/data/engine_v1_reference.pt", weights_only=False)

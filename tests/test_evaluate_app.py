@@ -28,7 +28,7 @@ KEYS = ("fid", "sfid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", 
 
 
 def save_evaluator(path: Path, seed: int = 0) -> Path:
-    from guidance.training.checkpoint import save_snapshot
+    from guidance.checkpoint import save_snapshot
 
     torch.manual_seed(seed)
     net = EvaluatorNet(**{k: v for k, v in EVAL_CFG.items() if k != "_target_"})
@@ -160,9 +160,9 @@ def test_train_evaluator_then_evaluate_against_the_data_split(fake_fashion_mnist
     """guidance-train-evaluator on the fake IDX fixture -> snapshot with accuracy; evaluate its test images."""
     from hydra import compose, initialize_config_dir
 
-    from guidance.apps.common import CONF_DIR
-    from guidance.apps.train_evaluator import train_evaluator
-    from guidance.training.checkpoint import load_snapshot
+    from guidance.config import CONF_DIR
+    from guidance.training.evaluator import train_evaluator
+    from guidance.checkpoint import load_snapshot
 
     overrides = [f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={tmp_path / 'ev'}", "epochs=2",
                  "batch_size=16", "evaluator.channels=[4,8,8]", "evaluator.feature_dim=8", "log_every=1"]

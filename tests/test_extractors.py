@@ -75,7 +75,7 @@ def test_inception_offline_without_weights_is_one_line(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_evaluator(tmp_path):
-    from guidance.training.checkpoint import save_snapshot
+    from guidance.checkpoint import save_snapshot
 
     cfg = {"_target_": "guidance.nn.evaluator.EvaluatorNet", "image_size": 12, "in_channels": 1, "num_classes": 4,
            "channels": [4, 8, 8], "feature_dim": 6, "spatial_channels": 2, "dropout": 0.0}

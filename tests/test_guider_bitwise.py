@@ -15,7 +15,7 @@ import torch
 from guidance.diffusion import create_diffusion
 from guidance.guiders import build_guider
 from guidance.sampling import DPMSolverPP2MSampler, GuidedDenoiser, PerImageRNG
-from guidance.training.checkpoint import load_snapshot
+from guidance.checkpoint import load_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # name: (fields, sha256[:16] of the old code's samples)

@@ -341,7 +341,7 @@ def test_tsg_by_hand_and_neutral(unet):
 def test_every_strategy_is_registered_with_a_config():
     from pathlib import Path
 
-    from guidance.apps.common import CONF_DIR
+    from guidance.config import CONF_DIR
     assert {p.stem for p in (Path(CONF_DIR) / "guidance").glob("*.yaml")} == set(GUIDERS) | set(PRESETS)
 
 

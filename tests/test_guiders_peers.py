@@ -410,7 +410,7 @@ def test_config_builds_and_report_reads_its_info(name):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from guidance.apps.common import CONF_DIR
+    from guidance.config import CONF_DIR
     from guidance.guiders import GUIDERS, describe_point
 
     guider = instantiate(OmegaConf.load(Path(CONF_DIR) / "guidance" / f"{name}.yaml"))

@@ -10,9 +10,12 @@ import sys
 import pytest
 
 
+NO_SUBSET = ["metrics.num_reference=null"]  # the fake data set has 64 images, study=debug takes 1000 of the 60k
+
+
 def _run_main(tmp_path, root, *extra):
     cmd = [sys.executable, "-m", "guidance.apps.main", "study=debug", "pretrained_dir=null", f"data.root={root}",
-           "logger=none", f"out_dir={tmp_path / 'study'}", *extra]
+           "logger=none", f"out_dir={tmp_path / 'study'}", *NO_SUBSET, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
 
@@ -23,7 +26,7 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     study = tmp_path / "study"
     assert (study / "train" / "unet.pt").is_file() and (study / "train" / "classifier.pt").is_file()
     # the evaluator's path names its training length (issue 11: a debug evaluator never serves another study)
-    assert (tmp_path / "runs" / "evaluator" / "fashion_mnist" / "epochs1" / "evaluator.pt").is_file()
+    assert (tmp_path / "runs" / "evaluator" / "fashion_mnist" / "epochs1-n2000" / "evaluator.pt").is_file()
     points = ["none-cond-s0", "classifier-uncond-s1", "cfg-cond-s1"]
     for p in points:
         assert (study / "sweep" / p / "samples.npz").is_file() and (study / "sweep" / p / "metrics.json").is_file()
@@ -86,7 +89,7 @@ def test_strategy_comparison_sweep_runs_end_to_end(fake_fashion_mnist, tmp_path)
     and the report holds the matched-cost table with one row per curve and the FID-vs-NFE plot."""
     import yaml
 
-    from guidance.apps.common import CONF_DIR
+    from guidance.config import CONF_DIR
     from guidance.guiders import GUIDERS
 
     preset = yaml.safe_load(open(f"{CONF_DIR}/experiment/strategy_compare.yaml"))["study"]["sweep"]
@@ -130,7 +133,7 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_study(fake_fashion
     assert straight.returncode == 0, straight.stderr[-2000:]
     (tmp_path / "b").mkdir()
     cmd = [sys.executable, "-m", "guidance.apps.main", "study=debug", "pretrained_dir=null",
-           f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={tmp_path / 'b' / 'study'}"]
+           f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={tmp_path / 'b' / 'study'}", *NO_SUBSET]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(cmd, cwd=tmp_path / "b", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "b" / "study" / "sweep" / "none-cond-s0" / "sample_info.json"
@@ -163,8 +166,8 @@ def test_torchrun_main_job_equals_one_process(fake_fashion_mnist, tmp_path):
     shipped = tmp_path / "a" / "study" / "train"  # the one-process study's snapshots, reused as shipped ones
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
            "-m", "guidance.apps.main", "study=debug", f"pretrained_dir={shipped}", f"data.root={fake_fashion_mnist.root}",
-           "logger=none", f"out_dir={tmp_path / 'b' / 'study'}",
-           f"metrics.evaluator_checkpoint={tmp_path / 'a' / 'runs' / 'evaluator' / 'fashion_mnist' / 'epochs1' / 'evaluator.pt'}"]
+           "logger=none", f"out_dir={tmp_path / 'b' / 'study'}", *NO_SUBSET,
+           f"metrics.evaluator_checkpoint={tmp_path / 'a' / 'runs' / 'evaluator' / 'fashion_mnist' / 'epochs1-n2000' / 'evaluator.pt'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     two = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -183,8 +186,8 @@ def test_a_sweep_entry_may_name_its_own_sampler_and_an_unknown_one_is_one_line()
     """Issue 12: the CPU study runs DPM-Solver++ but CFG++ (defined for DDIM and Euler) keeps DDIM 20."""
     from hydra import compose, initialize_config_dir
 
-    from guidance.apps.common import CONF_DIR
-    from guidance.apps.main import sweep_points
+    from guidance.config import CONF_DIR
+    from guidance.study import sweep_points
     from guidance.errors import GuidanceError
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

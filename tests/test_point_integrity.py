@@ -117,7 +117,7 @@ def test_two_sample_runs_in_one_folder_the_second_is_refused(tmp_path):
     while the first samples (it is paused mid-point to make the overlap certain), and the first finishes with
     its own samples and info."""
     from guidance.nn import UNet
-    from guidance.training.checkpoint import save_snapshot
+    from guidance.checkpoint import save_snapshot
 
     torch.manual_seed(0)
     unet = {"image_size": SIZE, "in_channels": 1, "model_channels": 8, "out_channels": 1, "num_res_blocks": 1,

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
 from guidance.nn import EncoderClassifier, UNet
-from guidance.training.checkpoint import save_snapshot
+from guidance.checkpoint import save_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, CH, K = 8, 1, 3
@@ -103,7 +103,7 @@ def compose_cfg(ckpts, *overrides):
 
 
 def test_run_sample_in_process_and_resume(ckpts, tmp_path, capsys):
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     cfg = compose_cfg(ckpts, "guidance=cfg_classifier", "guidance.scale=1", "guidance.classifier_scale=2", "labels=balanced")
     npz = run_sample(cfg, tmp_path)
@@ -141,14 +141,14 @@ def test_experiment_presets_compose(ckpts):
     (["guidance=autoguidance"], "needs the weak model: pass weak_ckpt=PATH"),
 ])
 def test_bad_input_in_process(ckpts, tmp_path, overrides, needle):
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     with pytest.raises(GuidanceError, match=needle.replace(".", r"\.")):
         run_sample(compose_cfg(ckpts, *overrides), tmp_path)
 
 
 @pytest.mark.parametrize("overrides,needle,code", [
-    (["guidance=nope"], "guidance/nope", 1),
+    (["guidance=nope"], "guidance=nope is unknown; choose one of apg,", 2),  # issue 23: was Hydra's many lines
     (["guidance=classifier", "classifier_ckpt=null"], "needs a noise-aware classifier", 2),
     (["guidance=cfg", "guidance.scale=nan"], "must be finite", 2),
     (["guidance=classifier", "classifier_ckpt=BAD"], "num_classes=3", 2),
@@ -197,7 +197,7 @@ def test_reuse_is_decided_by_weights_and_by_the_npz_itself(ckpts, tmp_path, caps
     beside a valid sample_info.json, or an npz swapped for another: none is taken as finished."""
     import shutil
 
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     unet = tmp_path / "unet.pt"
     shutil.copy(ckpts["unet"], unet)
@@ -232,7 +232,7 @@ def test_reuse_is_decided_by_weights_and_by_the_npz_itself(ckpts, tmp_path, caps
 
 def test_a_classifier_of_another_dataset_is_refused(ckpts, tmp_path):
     """Issue 11: same shape and class count, another dataset (MNIST vs Fashion-MNIST): refused, one line."""
-    from guidance.apps.sample import run_sample
+    from guidance.sampling.point import run_sample
 
     data = lambda name: {"name": name, "path": None, "image_size": SIZE, "channels": CH, "num_classes": K}
     torch.manual_seed(0)
@@ -276,6 +276,7 @@ def test_sigkill_mid_point_resumes_at_the_first_missing_batch_bitwise(ckpts, tmp
     assert 2 <= len(kept) < 5 and not (out / "samples.npz").exists()
     again = cli(*_sample_args(ckpts, out), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming {out}: " in again.stdout and f"({len(kept)} batches)" in again.stdout  # issue 23: said nothing
     a, b = np.load(tmp_path / "ref" / "samples.npz"), np.load(out / "samples.npz")
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
     info = json.loads((out / "sample_info.json").read_text())
@@ -382,3 +383,13 @@ def test_point_records_its_runtime_and_is_resampled_under_another_precision(ckpt
     assert json.loads((tmp_path / "run" / "sample_info.json").read_text())["runtime"]["precision"] == "bf16"
     bad = cli(*args, "precision=half", cwd=tmp_path)
     assert bad.returncode != 0 and "precision=half is unknown" in bad.stderr
+
+
+def test_fp16_on_a_cpu_says_it_is_slow(ckpts, tmp_path, capsys):
+    """Issue 23: precision=fp16 on a CPU ran ~17x slower than fp32 without a word."""
+    from guidance.sampling.point import run_sample
+
+    run_sample(compose_cfg(ckpts, "guidance=cfg", "precision=fp16", "num_samples=2", "batch_size=2",
+                           "sampler.respacing=ddim1", "sampler=ddim"), tmp_path)
+    out = capsys.readouterr().out
+    assert "note: precision=fp16 on a CPU runs ~17x slower than fp32" in out and out.count("note: precision") == 1

@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from guidance.apps.common import CONF_DIR
+from guidance.config import CONF_DIR
 from guidance.errors import GuidanceError
-from guidance.training import load_snapshot
+from guidance.checkpoint import load_snapshot
 from guidance.training.loop import train
 
 
@@ -67,10 +67,22 @@ def test_debug_app_trains_then_resumes(fake_fashion_mnist, tmp_path):
     assert load_snapshot(run / "unet.pt", role="unet")[1]["step"] == 6
 
 
-def test_unknown_config_option_fails_with_hydras_message(tmp_path):
+def test_unknown_config_option_is_one_line(tmp_path):
     res = _app("model=nonexistent", "logger=none", cwd=tmp_path)
-    assert res.returncode != 0
-    assert "Could not find 'model/nonexistent'" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1  # issue 23: was Hydra's many lines
+    assert res.stderr.startswith("error: model=nonexistent is unknown; choose one of adm_fmnist, ")
+
+
+def test_a_run_refused_for_its_architecture_leaves_the_run_folder_alone(fake_fashion_mnist, tmp_path):
+    """Issue 23: the refused run overwrote .hydra/config.yaml with the rejected settings."""
+    run = tmp_path / "run"
+    args = ["experiment=debug", f"data.root={fake_fashion_mnist.root}", "logger=none", f"out_dir={run}",
+            "training.total_steps=1", "training.train_classifier=false", "training.sample_every=0"]
+    assert _app(*args, cwd=tmp_path).returncode == 0
+    written = (run / ".hydra" / "config.yaml").read_text()
+    refused = _app(*args, "model.model_channels=16", cwd=tmp_path)
+    assert refused.returncode == 2 and "model_channels: 32 -> 16" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and (run / ".hydra" / "config.yaml").read_text() == written
 
 
 def _weights(run_dir: Path) -> dict:
@@ -133,7 +145,7 @@ def test_architecture_change_on_resume_is_one_line(fake_fashion_mnist, tmp_path)
     # issue 11: these were tracebacks
     (["training.seed=-1"], "training.seed=-1 must be a non-negative integer"),
     (["training.unet_lr=-0.001"], "training.unet_lr=-0.001 must be a number >= 0"),
-    (["training.batch_size=12.5"], "training.batch_size=12.5 must be a positive integer"),
+    (["training.batch_size=12.5"], "training.batch_size=12.5 must be an integer"),
 ])
 def test_config_mistakes_are_one_line(fake_fashion_mnist, tmp_path, overrides, words):
     with pytest.raises(GuidanceError, match=words) as e:
@@ -183,7 +195,7 @@ def test_final_checkpoint_never_leaves_missing_or_stale_snapshots(fake_fashion_m
 
 def test_resuming_in_another_number_of_processes_says_so(fake_fashion_mnist, tmp_path, capsys):
     """Issue 11: a 2-process state resumed in 1 process used to continue without a word."""
-    from guidance.training.checkpoint import save_training_state
+    from guidance.checkpoint import save_training_state
 
     run = tmp_path / "run"
     train(_cfg(fake_fashion_mnist, run), run)

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 
-import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, init_wandb, one_line_errors, to_container
+from guidance.apps.common import hydra_app, to_container
+from guidance.tracking import init_wandb
 from guidance.errors import GuidanceError
+from guidance.io import check_writable_dir
 from guidance.metrics.evaluate import evaluate_folder, export_reference_batch, find_samples_npz
 from guidance.metrics.registry import METRICS
 
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if not cfg.samples:
         raise GuidanceError("pass samples=<samples.npz or a sample job's folder> (or write_reference=<path> alone)")
     npz = find_samples_npz(to_absolute_path(cfg.samples))
+    check_writable_dir(npz.parent, "samples")  # metrics.json goes beside them: refuse before the metric work
     out = evaluate_folder(npz, metrics_cfg, to_container(cfg.data), _abs(cfg.reference_npz))
     run = init_wandb(cfg.logger, job_type="evaluate", config=to_container(cfg), dir=npz.parent)
     scalars = {f"metrics/{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -46,8 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-@one_line_errors
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

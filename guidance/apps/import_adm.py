@@ -10,44 +10,14 @@ separate 256x256_diffusion_uncond release).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, one_line_errors
-from guidance.errors import GuidanceError
+from guidance.adm.importer import import_adm
+from guidance.apps.common import hydra_app
 
 
-def import_adm(checkpoint: str | Path, release_name: str, out: str | Path) -> Path:
-    import torch
-    from hydra.utils import instantiate
-
-    from guidance.adm import convert_state_dict, release
-    from guidance.io import sha256_file
-    from guidance.training.checkpoint import save_snapshot
-
-    rel, checkpoint = release(release_name), Path(checkpoint)
-    if not checkpoint.is_file():
-        raise GuidanceError(f"checkpoint={checkpoint} does not exist; download {rel.name}.pt from guided-diffusion's README")
-    try:
-        adm = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise GuidanceError(f"{checkpoint} is not a readable torch file ({type(e).__name__}); download it again") from None
-    if not isinstance(adm, dict):
-        raise GuidanceError(f"{checkpoint} holds a {type(adm).__name__}, not a state dict: not a guided-diffusion file")
-    model = instantiate(rel.model, _convert_="all")
-    state = convert_state_dict(adm, model, rel.legacy_attention, where=str(checkpoint))
-    model.load_state_dict(state)
-    extra = {"adm_release": rel.name, "source_sha256": sha256_file(checkpoint), "low_res": rel.low_res,
-             "null_class_trained": False if rel.class_conditional else None, "p_uncond": 0.0}
-    return save_snapshot(out, rel.role, model, rel.model, step=0, diffusion_config=rel.diffusion,
-                         data_config=rel.data, extra=extra)
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="import_adm")
-@one_line_errors
+@hydra_app("import_adm")
 def main(cfg: DictConfig) -> None:
     from guidance.adm import release
 

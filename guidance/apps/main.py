@@ -4,268 +4,25 @@
     guidance-main study=gpu             # bigger model, more samples and steps, for one GPU
     guidance-main pretrained_dir=null   # train everything from scratch instead of reusing shipped snapshots
 
-Stages: (1) U-Net + noise-aware classifier: reuse snapshots from `pretrained_dir`, else train jointly (resumable);
-(2) evaluator network for the metrics: reuse, else train; (3) sweep: for every (strategy, model, scale) point,
-sample and evaluate; finished points are skipped; (4) the tradeoff report (tables, plots, wandb summary).
-Each stage calls the same functions as the single-purpose apps (guidance-train, guidance-sample, ...), composing
-their primary configs with Hydra's compose API, so a point of this study equals a `guidance-sample` job.
+The stages (models, evaluator, sweep, report) are guidance.study.run_study; this app parses the config, sets up
+torchrun and calls it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
-import hydra
-from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
-from tqdm import tqdm
+from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, one_line_errors
-from guidance.errors import GuidanceError
-from guidance.guiders import GUIDERS, PRESETS
-from guidance.training import distributed
-
-REPO_ROOT = Path(CONF_DIR).resolve().parent
-# Config groups the study shares with the training app.
-TRAIN_GROUPS = ("data", "model", "classifier", "diffusion", "training", "logger")
+from guidance import distributed
+from guidance.apps.common import hydra_app
+from guidance.study import run_study
 
 
-def _compose_like(config_name: str, cfg: DictConfig, groups: tuple[str, ...]) -> DictConfig:
-    """Compose another app's primary config, then take over this run's (possibly overridden) group nodes."""
-    sub = compose(config_name=config_name)
-    with open_dict(sub):
-        for g in groups:
-            sub[g] = OmegaConf.to_container(cfg[g], resolve=True)
-        for key in ("device", "amp"):
-            if key in cfg and key in sub:
-                sub[key] = cfg[key]
-    return sub
-
-
-def _pretrained(cfg: DictConfig, name: str) -> Path | None:
-    """A shipped snapshot: `pretrained_dir` as given (relative to the launch folder), else inside the repository."""
-    if not cfg.pretrained_dir:
-        return None
-    for folder in (Path(hydra.utils.to_absolute_path(cfg.pretrained_dir)), REPO_ROOT / cfg.pretrained_dir):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def check_snapshot_matches(path: Path, cfg: DictConfig, groups: tuple[str, ...]) -> None:
-    """Shipped snapshots are reused only for the configuration they were trained with: no silent substitution."""
-    import torch
-
-    from guidance.training.checkpoint import config_diff
-
-    try:
-        snap = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated (an interrupted copy or checkout), not a snapshot
-        raise GuidanceError(f"shipped snapshot {path} is unreadable ({type(e).__name__}): restore it (git checkout "
-                            f"-- {path.name}) or set pretrained_dir=null to train instead") from None
-    stored = {"model": snap.get("model_config"), "classifier": snap.get("model_config"),
-              "diffusion": snap.get("diffusion_config")}
-    for g in groups:
-        ignore = {"timestep_respacing"} if g == "diffusion" else set()
-        diff = [d for d in config_diff(stored[g], OmegaConf.to_container(cfg[g], resolve=True))
-                if d.split(":")[0] not in ignore]
-        if diff:
-            raise GuidanceError(f"{path} was trained with other {g} settings ({'; '.join(diff[:3])}); "
-                                "set pretrained_dir=null to train this configuration")
-
-
-def ensure_models(cfg: DictConfig, out_dir: Path) -> dict[str, Path]:
-    """Stage 1: the U-Net and classifier snapshots (shipped, or trained here and resumed when rerun)."""
-    unet, clf = _pretrained(cfg, "unet.pt"), _pretrained(cfg, "classifier.pt")
-    if unet and clf:
-        check_snapshot_matches(unet, cfg, ("model", "diffusion"))
-        check_snapshot_matches(clf, cfg, ("classifier",))
-        tqdm.write(f"[models] reusing shipped snapshots {unet} and {clf}")
-        return {"unet": unet, "classifier": clf}
-    from guidance.training.loop import train
-
-    if cfg.pretrained_dir:
-        tqdm.write(f"[models] no unet.pt + classifier.pt in pretrained_dir={cfg.pretrained_dir}: training instead "
-                   "(hours on a CPU; set pretrained_dir=null to silence this note)")
-    run_dir = out_dir / "train"
-    train_cfg = _compose_like("train", cfg, TRAIN_GROUPS)
-    with open_dict(train_cfg):
-        train_cfg.training.total_steps = cfg.study.train_steps
-        train_cfg.out_dir = str(run_dir)
-    tqdm.write(f"[models] training U-Net + classifier for {cfg.study.train_steps} steps into {run_dir}")
-    result = train(train_cfg, run_dir)
-    return {"unet": Path(result["unet"]), "classifier": Path(result["classifier"])}
-
-
-def ensure_evaluator(cfg: DictConfig) -> Path:
-    """Stage 2: the dataset evaluator network the metrics extract features with (offline default)."""
-    if cfg.metrics.extractor != "evaluator":
-        return Path()
-    shipped = _pretrained(cfg, "evaluator.pt")
-    configured = Path(hydra.utils.to_absolute_path(cfg.metrics.evaluator_checkpoint))
-    chosen_by_user = any(o.startswith("metrics.evaluator_checkpoint=") for o in HydraConfig.get().overrides.task)
-    if shipped and not chosen_by_user:  # the shipped evaluator keeps numbers comparable across machines
-        tqdm.write(f"[evaluator] reusing shipped {shipped}")
-        return shipped
-    if not chosen_by_user:  # one evaluator per training length: a 1-epoch debug one never serves the CPU study
-        configured = configured.parent / f"epochs{cfg.study.evaluator_epochs}" / configured.name
-    if configured.is_file():
-        tqdm.write(f"[evaluator] reusing {configured}")
-        return configured
-    from guidance.apps.train_evaluator import train_evaluator
-
-    ev_cfg = _compose_like("train_evaluator", cfg, ("data", "logger"))
-    with open_dict(ev_cfg):
-        ev_cfg.epochs = cfg.study.evaluator_epochs
-        ev_cfg.out_dir = str(configured.parent)
-        ev_cfg.device = cfg.device
-    tqdm.write(f"[evaluator] training the {cfg.data.name} evaluator into {configured}")
-    return Path(train_evaluator(ev_cfg)["path"])
-
-
-def _guidance_node(name: str) -> DictConfig:
-    try:
-        return compose(config_name="sample", overrides=[f"guidance={name}"]).guidance
-    except HydraException as e:
-        raise GuidanceError(f"study.sweep: unknown guidance '{name}' (strategies: {', '.join(sorted(GUIDERS | PRESETS))})") from e
-
-
-def _check_sampler(name: str) -> None:
-    try:
-        compose(config_name="sample", overrides=[f"sampler={name}"])
-    except HydraException as e:
-        known = sorted(p.stem for p in (Path(CONF_DIR) / "sampler").glob("*.yaml"))
-        raise GuidanceError(f"study: unknown sampler '{name}' (samplers: {', '.join(known)})") from e
-
-
-def sweep_points(cfg: DictConfig) -> list[dict]:
-    """Expand study.sweep ({guidance, conditional, scales, settings, tag, sampler, respacing}) into one dict per
-    point, named for its folder. `settings` sets other fields of the strategy (e.g. {schedule: cosine}); `tag` tells
-    such curves apart; `sampler`/`respacing` replace the study's for this entry (a strategy tied to some samplers,
-    e.g. CFG++ to DDIM and Euler)."""
-    points = []
-    for entry in cfg.study.sweep:
-        node = _guidance_node(entry.guidance)
-        takes_scale = "scale" in node or "scale" in node.get("inner", {})
-        raw = entry.get("settings")
-        settings = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
-        unknown = [k for k in settings if k.split(".")[0] not in node]
-        if unknown:
-            raise GuidanceError(f"study.sweep: guidance={entry.guidance} has no field(s) {unknown}; it has "
-                                f"{sorted(k for k in node if k != '_target_')}")
-        tag = f"-{entry.tag}" if entry.get("tag") else ""
-        for scale in entry.scales:
-            if not takes_scale and float(scale) != 0:  # `none` has no scale: its points are the scale-0 baselines
-                raise GuidanceError(f"study.sweep: guidance={entry.guidance} takes no scale; list it with scales: [0]")
-            model = "cond" if entry.get("conditional", True) else "uncond"
-            points.append({"guidance": entry.guidance, "conditional": bool(entry.get("conditional", True)),
-                           "scale": float(scale), "settings": settings,
-                           "sampler": entry.get("sampler") or cfg.study.sampler,
-                           "respacing": entry.get("respacing") or cfg.study.respacing,
-                           "needs_weak": "autoguidance" in entry.guidance,
-                           "name": f"{entry.guidance}{tag}-{model}-s{float(scale):g}"})
-    for sampler in {p["sampler"] for p in points}:
-        _check_sampler(sampler)
-    names = [p["name"] for p in points]
-    if len(set(names)) != len(names):
-        raise GuidanceError(f"study.sweep lists a point twice: {sorted(n for n in names if names.count(n) > 1)}")
-    return points
-
-
-def check_reference_data(cfg: DictConfig) -> None:
-    """The reference split the metrics compare against must be readable (one-line error naming the fixes)."""
-    from guidance.data import load_dataset
-
-    load_dataset(cfg.data, cfg.metrics.get("reference_split", "train"))
-
-
-def sample_config(cfg: DictConfig, point: dict, models: dict[str, Path], sweep_name: str) -> DictConfig:
-    s = cfg.study
-    scfg = compose(config_name="sample", overrides=[f"guidance={point['guidance']}", f"sampler={point['sampler']}"])
-    with open_dict(scfg):
-        scfg.logger = OmegaConf.to_container(cfg.logger, resolve=True)
-        scfg.unet_ckpt, scfg.classifier_ckpt = str(models["unet"]), str(models["classifier"])
-        scfg.num_samples, scfg.batch_size, scfg.seed, scfg.labels = s.num_samples, s.batch_size, s.seed, s.labels
-        scfg.device, scfg.sweep_name = cfg.device, sweep_name
-        scfg.precision, scfg.compile = s.get("precision", "auto"), bool(s.get("compile", False))
-        scfg.sampler.respacing = point["respacing"]
-        scfg.weak_ckpt = str(models["weak"]) if models.get("weak") else None
-        if "scale" in scfg.guidance:
-            scfg.guidance.scale = point["scale"]
-        elif "inner" in scfg.guidance:  # a wrapper (dynamic thresholding): the wrapped strategy's scale
-            scfg.guidance.inner.scale = point["scale"]
-        if "conditional" in scfg.guidance:
-            scfg.guidance.conditional = point["conditional"]
-        for key, value in point.get("settings", {}).items():
-            OmegaConf.update(scfg.guidance, key, value, merge=True)
-    return scfg
-
-
-def ensure_weak(cfg: DictConfig, points: list[dict]) -> Path | None:
-    """Autoguidance's weak U-Net: study.weak_ckpt, else the shipped unet_weak.pt; only when a point needs it."""
-    if not any(p["needs_weak"] for p in points):
-        return None
-    given = cfg.study.get("weak_ckpt")
-    path = Path(hydra.utils.to_absolute_path(given)) if given else _pretrained(cfg, "unet_weak.pt")
-    if path is None or not path.is_file():
-        where = given or "no unet_weak.pt in pretrained_dir"
-        raise GuidanceError(f"study.sweep has autoguidance but no weak U-Net ({where}): train one with "
-                            "guidance-train experiment=weak_unet and set study.weak_ckpt=PATH")
-    tqdm.write(f"[models] autoguidance's weak U-Net: {path}")
-    return path
-
-
-def metrics_config(cfg: DictConfig, evaluator: Path) -> DictConfig:
-    m = OmegaConf.create(OmegaConf.to_container(cfg.metrics, resolve=True))
-    if cfg.metrics.extractor == "evaluator":
-        m.evaluator_checkpoint = str(evaluator)
-    return m
-
-
-def sweep_name_of(cfg: DictConfig) -> str:
-    """One wandb group per study: its sample runs and the tradeoff summary run."""
-    return f"{cfg.data.name}-{cfg.study.name}"
-
-
-def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path,
-              is_main: bool = True) -> Path:
-    """Stage 3: sample + evaluate every point. Samples are reused when their sampling settings match
-    (run_sample checks), metrics when they are newer than the samples and made with the same metrics settings.
-    Under torchrun every rank samples its share of each point (run_sample); rank 0 alone evaluates."""
-    from guidance.apps.sample import run_sample
-    from guidance.metrics.evaluate import evaluate_folder_if_stale
-
-    sweep_dir, sweep_name = out_dir / "sweep", sweep_name_of(cfg)
-    m_cfg = metrics_config(cfg, evaluator)
-    tqdm.write(f"[sweep] {len(points)} points ({cfg.study.num_samples} samples each, sampler {cfg.study.sampler} "
-               f"{cfg.study.respacing}); samples and metrics are reused where their settings match")
-    reused = 0
-    with tqdm(points, desc="sweep", unit="point", disable=not is_main) as bar:
-        for p in bar:
-            bar.set_postfix_str(p["name"])
-            folder = sweep_dir / p["name"]
-            t0 = time.time()
-            run_sample(sample_config(cfg, p, models, sweep_name), folder)  # skips when its samples match
-            if not is_main:
-                continue
-            metrics = evaluate_folder_if_stale(folder, m_cfg, cfg.data)
-            if metrics is None:
-                reused += 1
-                continue
-            tqdm.write(f"[sweep] {p['name']}: FID {metrics['fid']:.2f}  precision {metrics['precision']:.3f}  "
-                       f"recall {metrics['recall']:.3f}  class acc {metrics.get('class_acc', float('nan')):.3f}  "
-                       f"({time.time() - t0:.0f}s)")
-    tqdm.write(f"[sweep] {reused} of {len(points)} points were already evaluated with these settings")
-    return sweep_dir
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="main")
-@one_line_errors
+@hydra_app("main")
 def main(cfg: DictConfig) -> None:
     """One process, or one per device under torchrun: every rank trains (DDP) and samples its share of each
     point; rank 0 alone prints, trains the evaluator, evaluates and reports while the others wait."""
@@ -274,34 +31,11 @@ def main(cfg: DictConfig) -> None:
         with contextlib.ExitStack() as quiet:
             if not env.is_main:  # errors still reach stderr; progress bars are off on these ranks
                 quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
-            run_study(cfg, env)
+            chosen = any(o.startswith("metrics.evaluator_checkpoint=") for o in HydraConfig.get().overrides.task)
+            run_study(cfg, Path(HydraConfig.get().runtime.output_dir), env, evaluator_chosen=chosen)
     finally:
         distributed.cleanup()
 
-
-def run_study(cfg: DictConfig, env: distributed.DistEnv) -> None:
-    from guidance.guiders import describe_point
-    from guidance.metrics.evaluate import metrics_config as metrics_settings
-    from guidance.report import build_report
-
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    t0 = time.time()
-    stages = ["models", "evaluator", "sweep", "report"]
-    tqdm.write(f"guidance-main: study '{cfg.study.name}' on {cfg.data.name} -> {out_dir}  (stages: {' -> '.join(stages)})"
-               + (f"  [{env.world_size} processes]" if env.distributed else ""))
-    points = sweep_points(cfg)  # a bad sweep spec fails before any training
-    check_reference_data(cfg)   # and a missing dataset before any sampling
-    metrics_settings(cfg.metrics)  # and bad metrics settings (metrics.compute=[]) before any training
-    models = ensure_models(cfg, out_dir)
-    models["weak"] = ensure_weak(cfg, points)
-    evaluator = ensure_evaluator(cfg) if env.is_main else Path()
-    sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator, env.is_main)
-    if env.is_main:
-        paths = build_report(sweep_dir, out_dir / "report", describe=describe_point, logger_cfg=cfg.logger,
-                             name=sweep_name_of(cfg))
-        tqdm.write(f"[report] {paths['md']}\n[report] plots in {Path(paths['fid_vs_scale']).parent}")
-    distributed.barrier()
-    tqdm.write(f"guidance-main: done in {(time.time() - t0) / 60:.1f} min")
 
 if __name__ == "__main__":
     main()

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from guidance.apps.common import CONF_DIR, one_line_errors, to_container
+from guidance.apps.common import hydra_app, to_container
 from guidance.errors import GuidanceError
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="tradeoff")
-@one_line_errors
+@hydra_app("tradeoff")
 def main(cfg: DictConfig) -> None:
     if cfg.sweep_dir is None:
         raise GuidanceError("sweep_dir is required: guidance-tradeoff sweep_dir=<sweep folder, e.g. runs/sweeps/NAME>")

@@ -9,15 +9,19 @@ Rerunning the same command resumes from <out_dir>/checkpoints/state.pt.
 
 from __future__ import annotations
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from guidance.apps.common import CONF_DIR, one_line_errors
+from guidance.apps.common import hydra_app
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-@one_line_errors
+def _check(cfg: DictConfig, out_dir) -> None:
+    from guidance.training.loop import check_resumable
+
+    check_resumable(cfg, out_dir)
+
+
+@hydra_app("train", check=_check)
 def main(cfg: DictConfig) -> None:
     from guidance.training.loop import train
 

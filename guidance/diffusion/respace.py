@@ -35,6 +35,9 @@ def space_timesteps(num_timesteps: int, spec: str | int) -> set[int]:
             steps = range(0, num_timesteps, stride)
             if len(steps) == want:
                 return set(steps)
+        if not 1 <= want <= num_timesteps:  # no count of steps helps here: the plain count fails as well
+            raise GuidanceError(f"bad timestep respacing {spec!r}: the model has {num_timesteps} timesteps, so 'ddimN' "
+                                f"takes 1 <= N <= {num_timesteps}")
         raise GuidanceError(f"cannot take exactly {want} evenly strided steps from {num_timesteps}; pick a count N for "
                             f"which some stride s has ceil({num_timesteps}/s) = N, or use the plain count '{want}'")
     try:

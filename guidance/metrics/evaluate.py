@@ -12,6 +12,7 @@ IS / KID go through torch-fidelity's feature-level functions; FID, sFID, P&R, D&
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -34,32 +35,7 @@ from guidance.metrics.prdc import manifold_indicators
 from guidance.metrics.reference import cache_key, load_or_extract
 from guidance.metrics.registry import METRICS, extractor_spec, metrics_for, results_by_extractor
 from guidance.metrics.statistics import STATISTICS, Inputs
-
-# Values used when a caller passes a partial metrics config (conf/metrics/*.yaml hold the same fields).
-DEFAULTS = {
-    "extractor": "evaluator",
-    "evaluator_checkpoint": None,
-    "inception_weights": None,
-    "dinov2_weights": None,
-    "clip_weights": None,
-    "compute": None,
-    "reference_split": "train",
-    "num_reference": None,
-    "batch_size": 256,
-    "device": "auto",
-    "cache_dir": "runs/cache/reference",
-    "k_prc": 3,
-    "k_dc": 5,
-    "knn_chunk": 1024,
-    "isc_splits": 10,
-    "kid_subsets": 100,
-    "kid_subset_size": 1000,
-    "bootstrap": 10,
-    "seed": 0,
-    "per_class": False,
-    "cmmd_sigma": 10.0,
-    "progress": True,
-}
+from guidance.settings import MetricsSettings, parse
 
 
 def _as_dict(cfg) -> dict:
@@ -70,20 +46,15 @@ def _as_dict(cfg) -> dict:
     return dict(cfg)
 
 
-def metrics_config(cfg) -> dict:
-    c = {**DEFAULTS, **_as_dict(cfg)}
-    unknown = set(c) - set(DEFAULTS)
-    if unknown:
-        raise GuidanceError(f"unknown metrics option(s) {sorted(unknown)}: known are {sorted(DEFAULTS)}")
-    compute = c["compute"]
-    if isinstance(compute, str) or (compute is not None and not isinstance(compute, (list, tuple))):
-        raise GuidanceError(f"metrics.compute={compute!r} must be a list of metric names, e.g. [fid,precision], "
-                            "or null for every metric the extractor supports")
-    if compute is not None and len(compute) == 0:
-        raise GuidanceError("metrics.compute=[] asks for no metric: list some (e.g. metrics.compute=[fid,precision]) "
-                            "or set metrics.compute=null for every metric the extractor supports")
-    metrics_for(c["extractor"], compute)  # validates the extractor and the metric names
-    return c
+class MetricsConfig(dict):
+    """A metrics config parsed by metrics_config (guidance.settings.MetricsSettings as a dict): not parsed again."""
+
+
+def metrics_config(cfg) -> MetricsConfig:
+    """A (partial) metrics node -> every option, typed and checked once (one line on a bad one)."""
+    if isinstance(cfg, MetricsConfig):
+        return cfg
+    return MetricsConfig(dataclasses.asdict(parse(MetricsSettings, cfg, "metrics.")))
 
 
 def check_labels_for(c: dict, labels) -> None:
@@ -400,7 +371,7 @@ def evaluate_folder(folder: str | Path, cfg_metrics, data_cfg, reference_npz: st
     """Evaluate `folder/samples.npz` (or a samples .npz path) and write this extractor's result into the
     `metrics.json` beside it; results of other extractors for the same samples are kept. A sample job's samples
     are evaluated only when they are the file its sample_info.json describes (open_samples)."""
-    metrics_config(cfg_metrics)  # bad settings fail before any file is read
+    cfg_metrics = metrics_config(cfg_metrics)  # bad settings fail before any file is read
     npz = find_samples_npz(folder)
     with open_samples(npz) as (f, sha):
         return _evaluate_open(npz, f, sha, cfg_metrics, data_cfg, reference_npz)
@@ -436,6 +407,7 @@ def evaluate_folder_if_stale(folder: str | Path, cfg_metrics, data_cfg,
                              reference_npz: str | Path | None = None) -> dict | None:
     """evaluate_folder, unless metrics.json already holds this extractor's result for these very samples (by
     content) made with the same settings (recorded in metrics_settings.json). None when the old result holds."""
+    cfg_metrics = metrics_config(cfg_metrics)
     npz = find_samples_npz(folder)
     settings = json.loads(json.dumps(evaluation_settings(cfg_metrics, data_cfg, reference_npz)))
     metrics, used = npz.parent / "metrics.json", npz.parent / "metrics_settings.json"

@@ -148,9 +148,9 @@ class EvaluatorExtractor(FeatureExtractorBase):
         if not feature_extractor_weights_path or not path.is_file():
             raise GuidanceError(f"evaluator checkpoint {path} not found: run guidance-train-evaluator first "
                                 f"(same data=...), or set metrics.evaluator_checkpoint=<path>")
-        from guidance.training.checkpoint import load_snapshot  # owned by training; imported late on purpose
+        from guidance.checkpoint import load_snapshot  # owned by training; imported late on purpose
 
-        self.net, self.meta = load_snapshot(path, role="evaluator")
+        self.net, self.meta = load_snapshot(path, role="evaluator", option="metrics.evaluator_checkpoint")
         self.net.requires_grad_(False).eval()
         self.weights_sha256 = sha256_file(path)
 

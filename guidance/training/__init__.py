@@ -1,11 +1,9 @@
-"""Training: the joint U-Net + classifier loop, EMA, snapshots vs resumable state, torchrun plumbing."""
+"""Training: the joint U-Net + classifier loop, EMA, the evaluator network's loop. Snapshots and resumable state
+live in guidance.checkpoint, torchrun plumbing in guidance.distributed (sampling and metrics use them too)."""
 
-from guidance.training.checkpoint import (ROLES, SNAPSHOT_FORMAT, STATE_FORMAT, config_diff, load_snapshot,
-                                          load_training_state, save_snapshot, save_training_state)
 from guidance.training.ema import EMA
 
-__all__ = ["EMA", "save_snapshot", "load_snapshot", "save_training_state", "load_training_state", "config_diff",
-           "SNAPSHOT_FORMAT", "STATE_FORMAT", "ROLES", "train"]
+__all__ = ["EMA", "train"]
 
 
 def train(cfg, run_dir):

@@ -23,18 +23,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from guidance.tracking import init_wandb, log_images
 from guidance.data import load_dataset, to_model_range, to_uint8
+from guidance.config import build
 from guidance.errors import GuidanceError
 from guidance.grids import save_label_grid
 from guidance.sampling.rng import mixed_seed
-from guidance.training import distributed
-from guidance.training.checkpoint import load_training_state, save_snapshot, save_training_state
+from guidance.settings import TrainingSettings, parse
+from guidance import distributed
+from guidance.checkpoint import load_training_state, save_snapshot, save_training_state
 from guidance.training.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,28 @@ ROLES = ("unet", "classifier")
 
 def validate(cfg: DictConfig) -> None:
     """Catch config mistakes before anything is built; each raises one GuidanceError line."""
-    t = cfg.training
-    if not (t.train_unet or t.train_classifier):
-        raise GuidanceError("training.train_unet and training.train_classifier are both false; enable one")
+    t = parse(TrainingSettings, cfg.training, "training.")
     learned = str(cfg.diffusion.model_var_type).startswith("learned")
     if t.train_unet and bool(cfg.model.get("learn_sigma", False)) != learned:
         raise GuidanceError(f"model.learn_sigma={str(bool(cfg.model.get('learn_sigma', False))).lower()} does not "
                             f"match diffusion.model_var_type={cfg.diffusion.model_var_type}; use a learned-variance "
                             "diffusion (diffusion=linear_1000_learned) with learn_sigma=true, or fixed with false")
-    if not 0.0 <= t.p_uncond < 1.0:
-        raise GuidanceError(f"training.p_uncond={t.p_uncond} must be in [0, 1) (0.1 in Ho & Salimans 2022)")
-    if t.batch_size < 1 or t.total_steps < 1:
-        raise GuidanceError("training.batch_size and training.total_steps must be >= 1")
-    for key in ("ema_rate", "classifier_ema_rate"):
-        rate = t.get(key)
-        if rate is not None and not 0.0 <= rate < 1.0:
-            raise GuidanceError(f"training.{key}={rate} must be in [0, 1) (e.g. 0.9999, or 0.999 for short runs)")
+
+
+def planned_arch(cfg: DictConfig) -> dict:
+    """What a training state must match to be resumed: the diffusion and the networks trained now."""
+    roles = {"unet": "model", "classifier": "classifier"}
+    return {"diffusion": OmegaConf.to_container(cfg.diffusion, resolve=True),
+            **{r: OmegaConf.to_container(cfg[g], resolve=True) for r, g in roles.items() if cfg.training[f"train_{r}"]}}
+
+
+def check_resumable(cfg: DictConfig, run_dir: str | Path) -> None:
+    """A run folder holding another architecture's state is refused before anything (Hydra's config files
+    included) is written into it."""
+    validate(cfg)
+    state = Path(run_dir) / "checkpoints" / "state.pt"
+    if state.is_file():
+        load_training_state(state, planned_arch(cfg))
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -125,21 +132,7 @@ class _Run:
                 "resumed": resumed, **{r: str(self.run_dir / f"{r}.pt") for r in self.roles}}
 
 
-def check_training_config(t_cfg) -> None:
-    """Bad numbers stop with one line before anything is built (issue 11: they were tracebacks)."""
-    for key in ("batch_size", "total_steps"):
-        if isinstance(t_cfg[key], bool) or not isinstance(t_cfg[key], int) or t_cfg[key] < 1:
-            raise GuidanceError(f"training.{key}={t_cfg[key]!r} must be a positive integer")
-    if isinstance(t_cfg.seed, bool) or not isinstance(t_cfg.seed, int) or t_cfg.seed < 0:
-        raise GuidanceError(f"training.seed={t_cfg.seed!r} must be a non-negative integer")
-    for key in ("unet_lr", "classifier_lr", "unet_weight_decay", "classifier_weight_decay", "grad_clip"):
-        value = t_cfg.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise GuidanceError(f"training.{key}={value!r} must be a number >= 0")
-
-
 def _train(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> dict[str, Any]:
-    check_training_config(cfg.training)
     if cfg.training.batch_size % env.world_size:
         raise GuidanceError(f"training.batch_size={cfg.training.batch_size} must be divisible by the "
                             f"{env.world_size} processes; it is the global batch")
@@ -170,7 +163,7 @@ def _setup(cfg: DictConfig, run_dir: Path, env: distributed.DistEnv) -> _Run:
     pin = env.device.type == "cuda"
     if pin:
         images, labels = images.pin_memory(), labels.pin_memory()
-    diffusion = instantiate(cfg.diffusion)
+    diffusion = build(cfg.diffusion)
     return _Run(cfg=cfg, env=env, run_dir=run_dir, resolved=resolved, roles=roles, images=images, labels=labels,
                 pin=pin, diffusion=diffusion, timestep_map=diffusion.timestep_map.to(env.device))
 
@@ -184,7 +177,7 @@ def _build_networks(run: _Run) -> None:
     ema_rates = {"unet": t_cfg.ema_rate, "classifier": t_cfg.get("classifier_ema_rate")}
     for role in run.roles:
         torch.manual_seed(mixed_seed(t_cfg.seed, 1 << 21, ROLES.index(role)))  # same init on every rank
-        model = run.models[role] = instantiate(model_cfgs[role], _convert_="all").to(run.device)
+        model = run.models[role] = build(model_cfgs[role], _convert_="all").to(run.device)
         run.opts[role] = torch.optim.AdamW(model.parameters(), lr=run.lrs[role], weight_decay=run.wds[role])
         if ema_rates[role] is not None:
             run.emas[role] = EMA(model, ema_rates[role], warmup=t_cfg.get("ema_warmup", True))
@@ -193,7 +186,7 @@ def _build_networks(run: _Run) -> None:
         raise GuidanceError(f"the U-Net has num_classes={getattr(run.models['unet'], 'num_classes', None)} but the "
                             f"data has {num_classes}; label dropout needs a conditional net with the null label "
                             f"{num_classes} (keep model.num_classes: ${{data.num_classes}})")
-    run.arch = {"diffusion": resolved["diffusion"], **{r: model_cfgs[r] for r in run.roles}}
+    run.arch = planned_arch(run.cfg)
 
 
 def _resume(run: _Run) -> bool:
@@ -417,7 +410,7 @@ def _sample_grid(cfg: DictConfig, unet: torch.nn.Module, ema: EMA | None, run_di
     classes = torch.linspace(0, num_classes - 1, min(num_classes, 10)).round().long()
     y = classes.repeat_interleave(per_class).to(device)
     # the training (un-respaced) diffusion; the sampler respaces it to `sample_respacing` steps itself
-    sampler = DDIMSampler(instantiate(cfg.diffusion), respacing=t_cfg.sample_respacing, eta=0.0)
+    sampler = DDIMSampler(build(cfg.diffusion), respacing=t_cfg.sample_respacing, eta=0.0)
     denoiser = GuidedDenoiser(NoGuidance(), {"unet": model}, null_label=num_classes)
     shape = (len(y), int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
     x = sampler.sample(denoiser, shape, y, PerImageRNG(t_cfg.seed, range(len(y)), device=device))

@@ -12,7 +12,7 @@ from guidance.diffusion import create_diffusion
 from guidance.guiders import build_guider
 from guidance.nn import UNet
 from guidance.sampling import DDIMSampler, DDPMSampler, PerImageRNG
-from guidance.training.checkpoint import load_snapshot
+from guidance.checkpoint import load_snapshot
 
 CASES = [  # (name, sampler, respacing, eta, clip, strategy, fields)
     ("ddpm-none-cond", "ddpm", "20", None, True, "none", {}),

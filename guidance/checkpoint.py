@@ -103,16 +103,20 @@ def save_snapshot(path: str | os.PathLike, role: str, model: nn.Module, model_co
 
 
 def load_snapshot(path: str | os.PathLike, role: str | None = None, map_location: str | torch.device = "cpu",
-                  use_ema: bool = True, model_config: Mapping | None = None) -> tuple[nn.Module, dict]:
+                  use_ema: bool = True, model_config: Mapping | None = None,
+                  option: str | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the network of a snapshot and load its weights -> (model in eval mode, meta).
 
     meta holds every field but the state dicts, plus `path`. `model_config` (optional) builds the network from
     that config instead of the stored one, e.g. to check a snapshot against the current run's config.
+    `option`: the config option that named the file (the hints name it; default `<role>_ckpt`).
     """
     from hydra.utils import instantiate
 
     what = f"{role or 'model'} snapshot"
-    hint = f"train first with guidance-train or set {role or 'unet'}_ckpt=<path to {role or 'unet'}.pt>"
+    option = option or f"{role or 'unet'}_ckpt"
+    trainer = "guidance-train-evaluator" if role == "evaluator" else "guidance-train"
+    hint = f"train first with {trainer} or set {option}=<path to a {role or 'unet'} snapshot>"
     snap = _read(path, what, hint)
     if snap.get("format") == STATE_FORMAT:
         raise GuidanceError(f"{path} is a resumable training state, not a snapshot; point to the unet.pt / "
@@ -122,7 +126,7 @@ def load_snapshot(path: str | os.PathLike, role: str | None = None, map_location
                             f"{SNAPSHOT_FORMAT!r}); {hint}")
     if role is not None and snap["role"] != role:
         raise GuidanceError(f"{path} is a {snap['role']!r} snapshot but a {role!r} one is needed; "
-                            f"set {role}_ckpt=<path to {role}.pt>")
+                            f"set {option}=<path to a {role} snapshot>")
     stored_cfg = snap["model_config"]
     cfg = stored_cfg if model_config is None else _plain(model_config)
     try:

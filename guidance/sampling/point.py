@@ -1,0 +1,216 @@
+"""One sweep point: load the networks its strategy declares, sample N seeded images into a folder, write
+samples.npz + grid.png + sample_info.json (the library behind guidance-sample and guidance-main's sweep).
+
+    from guidance.sampling.point import run_sample
+    run_sample(cfg, "runs/point")   # cfg: conf/sample.yaml's fields (a DictConfig, e.g. from guidance.config)
+
+Per-image seeds make sample i identical at every batch size and every scale of a sweep (paired comparisons).
+A folder whose samples.npz exists with matching sample_info.json is skipped (resume of a finished point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from guidance import distributed
+from guidance.checkpoint import load_snapshot
+from guidance.config import build
+from guidance.diffusion import create_diffusion
+from guidance.errors import GuidanceError, check_scale
+from guidance.engine import cost_per_sample
+from guidance.io import sha256_file
+from guidance.sampling.denoiser import GuidedDenoiser
+from guidance.sampling.generate import (batch_ranges, finished_samples, generate_parts, merge_parts, part_path,
+                                       point_writer, reuse_line, save_samples)
+from guidance.sampling.runtime import Runtime, numerics
+from guidance.settings import sample_settings
+from guidance.tracking import init_wandb, log_images
+
+
+def to_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+# sample_info fields that decide whether an existing samples.npz can be reused. The numerics (batch size, thread
+# count) are recorded but not matched: per-image seeds make them change the samples only by float rounding.
+# x0_clip: CFG++ points sampled while it still clipped are not reused.
+MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
+              "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine",
+              "runtime", "x0_clip")
+ENGINE = 2  # samples of another engine version are never reused as new
+
+
+DATA_IDENTITY = ("name", "path", "image_size", "channels", "num_classes")  # what makes two datasets one
+
+
+def check_compatible(unet_meta: dict, clf_meta: dict, what: str = "classifier") -> None:
+    """Same geometry and classes, and the same DATASET (its snapshots record it): a classifier trained on another
+    dataset of the same shape (MNIST for a Fashion-MNIST U-Net) would guide towards the wrong classes."""
+    u, c = unet_meta["model_config"], clf_meta["model_config"]
+    keys = ("image_size", "in_channels", "num_classes")
+    if u.get("num_classes") is None and what == "classifier":  # an unconditional U-Net guided by a classifier
+        keys = ("image_size", "in_channels")
+    for key in keys:
+        if u.get(key) != c.get(key):
+            raise GuidanceError(f"U-Net {unet_meta['path']} has {key}={u.get(key)} but {what} {clf_meta['path']} "
+                                f"has {key}={c.get(key)}; pass a {what} checkpoint trained on the same data")
+    ud, cd = unet_meta.get("data_config") or {}, clf_meta.get("data_config") or {}
+    differ = [k for k in DATA_IDENTITY if k in ud and k in cd and ud[k] != cd[k] and (k != "num_classes" or k in keys)]
+    if differ:
+        k = differ[0]
+        raise GuidanceError(f"U-Net {unet_meta['path']} was trained on data.{k}={ud[k]} but {what} {clf_meta['path']} "
+                            f"on data.{k}={cd[k]}; pass a {what} checkpoint trained on the same dataset")
+
+
+def check_request(cfg: DictConfig) -> None:
+    """Fail on bad settings before loading anything: the options typed (guidance.settings), the scales finite."""
+    sample_settings(cfg)
+    for key in ("scale", "classifier_scale"):
+        if key in cfg.guidance:
+            check_scale(cfg.guidance[key], f"guidance.{key}")
+
+
+def load_networks(cfg: DictConfig, guider, device) -> tuple[dict, dict, dict | None]:
+    """The U-Net (and the classifier when the guider needs it) from their snapshots: (networks, metas)."""
+    unet_path = to_absolute_path(cfg.unet_ckpt)
+    unet, unet_meta = load_snapshot(unet_path, role="unet", map_location=device, use_ema=bool(cfg.use_ema))
+    if (unet_meta.get("extra") or {}).get("low_res"):
+        raise GuidanceError(f"{unet_path} is a super-resolution model (ADM {unet_meta['extra'].get('adm_release')}: "
+                            "it needs a low-resolution image per sample), which guidance-sample does not run")
+    if not unet_meta.get("diffusion_config"):
+        raise GuidanceError(f"{unet_path} records no diffusion_config (noise schedule); re-save it with "
+                            "guidance.training.save_snapshot(..., diffusion_config=...)")
+    networks, clf_meta = {"unet": unet}, None
+    if "weak" in guider.networks:
+        networks["weak"], unet_meta["weak"] = load_weak(cfg, unet_meta, device)
+    if "classifier" in guider.networks:
+        if not cfg.classifier_ckpt:
+            raise GuidanceError(f"guidance={guider.name} needs a noise-aware classifier; pass classifier_ckpt=PATH")
+        networks["classifier"], clf_meta = load_snapshot(to_absolute_path(cfg.classifier_ckpt), role="classifier",
+                                                         map_location=device, use_ema=bool(cfg.use_ema))
+        check_compatible(unet_meta, clf_meta)
+    return networks, unet_meta, clf_meta
+
+
+def load_weak(cfg: DictConfig, unet_meta: dict, device):
+    """Autoguidance's weak U-Net: same data, classes and noise schedule as the main one."""
+    if not cfg.get("weak_ckpt"):
+        raise GuidanceError("guidance=autoguidance needs the weak model: pass weak_ckpt=PATH (train one with "
+                            "guidance-train experiment=weak_unet)")
+    path = to_absolute_path(cfg.weak_ckpt)
+    weak, meta = load_snapshot(path, role="unet", map_location=device, use_ema=bool(cfg.use_ema), option="weak_ckpt")
+    check_compatible(unet_meta, meta, what="weak U-Net")
+    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "timestep_respacing"}
+    if strip(meta.get("diffusion_config")) != strip(unet_meta.get("diffusion_config")):
+        raise GuidanceError(f"weak U-Net {path} was trained with another noise schedule than the U-Net: "
+                            "train it with the same diffusion=...")
+    return weak, {"path": meta["path"], "step": meta["step"], "sha256": sha256_file(path)}
+
+
+def run_sample(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Sample per `cfg` (conf/sample.yaml) into out_dir; returns the path of samples.npz.
+
+    Under torchrun each rank samples every world-th batch (per-image seeds: bitwise the samples of one process)
+    and rank 0 merges them. Finished batches are kept in out_dir/.parts-<plan> until the point is written, so a
+    killed run resumes at its first missing batch."""
+    out_dir, t0 = Path(out_dir), time.time()
+    check_request(cfg)
+    env = distributed.setup(cfg.device)
+    with point_writer(out_dir) if env.is_main else contextlib.nullcontext():  # rank 0 holds it for the job
+        return _sample_point(cfg, out_dir, env, t0)
+
+
+def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
+    guider = build(cfg.guidance)
+    networks, unet_meta, clf_meta = load_networks(cfg, guider, env.device)
+    mc = unet_meta["model_config"]
+    base = create_diffusion(**{k: v for k, v in unet_meta["diffusion_config"].items()
+                               if k not in ("_target_", "timestep_respacing")})
+    sampler = build(cfg.sampler, diffusion=base)
+    runtime = Runtime.resolve(cfg.precision, cfg.channels_last, cfg.compile, env.device)
+    if runtime.precision == "fp16" and env.device.type == "cpu" and env.is_main:
+        print("note: precision=fp16 on a CPU runs ~17x slower than fp32 (CPUs have no fp16 matmul units): use "
+              "precision=fp32, or bf16 on CPUs with AMX/AVX512-bf16")
+    null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
+    denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,
+                              null_trained=null_trained)
+    classes = mc["num_classes"] or (clf_meta["model_config"]["num_classes"] if clf_meta else 1)
+    info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
+            "batching": denoiser.batching_for(env.device), "num_classes": classes,
+            "numerics": numerics(env.device, int(cfg.batch_size))}
+    old = finished_samples(out_dir, info, MATCH_KEYS)
+    if old is not None:
+        print(reuse_line(out_dir, old, info))
+        return out_dir / "samples.npz"
+    # The plan: the settings and the batch size and thread count, so a resume never mixes batches of two batch
+    # sizes or thread counts into one point (its recorded numerics hold for every image).
+    arithmetic = {k: info["numerics"][k] for k in ("batch_size", "threads")}
+    plan = hashlib.sha256(json.dumps([{k: info.get(k) for k in MATCH_KEYS}, arithmetic], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+    parts = out_dir / f".parts-{plan}"
+    if env.is_main:
+        say_resuming(parts, int(cfg.num_samples), int(cfg.batch_size))
+    generate_parts(sampler, denoiser, (mc["in_channels"], mc["image_size"], mc["image_size"]), int(cfg.num_samples),
+                   int(cfg.seed), classes, parts, cfg.labels, int(cfg.batch_size), env.device, env.rank,
+                   env.world_size, progress=env.is_main, desc=f"sample {guider!r}")
+    distributed.barrier()
+    npz = out_dir / "samples.npz"
+    if env.is_main:
+        finish_point(cfg, out_dir, parts, info, t0, env, f"{guider!r}, {sampler.label}, {sampler.steps} steps")
+    distributed.barrier()
+    return npz
+
+
+def say_resuming(parts: Path, num_samples: int, batch_size: int) -> None:
+    """One line when a killed run of this very point left finished batches behind."""
+    done = [r for r in batch_ranges(num_samples, batch_size) if part_path(parts, *r).is_file()]
+    if done:
+        print(f"resuming {parts.parent}: {sum(e - s for s, e in done)} of {num_samples} samples "
+              f"({len(done)} batches) are already in {parts.name}")
+
+
+def point_info(cfg, guider, sampler, mc, unet_meta, clf_meta) -> dict:
+    """What sample_info.json records: the strategy, the sampler, the seeds and the networks (by content)."""
+    return {**guider.info(), **sampler.info(), "guider": to_container(cfg.guidance),
+            "sampler_config": to_container(cfg.sampler), "num_samples": int(cfg.num_samples), "seed": int(cfg.seed),
+            "labels": cfg.labels, "use_ema": bool(cfg.use_ema), "num_classes": mc["num_classes"],
+            "unet_ckpt": unet_meta["path"], "unet_step": unet_meta["step"], "engine": ENGINE,
+            # Reuse is decided by the weights' content, not the path: a retrained snapshot in the same folder
+            # (another training.seed, same step count) never passes its predecessor's samples off as its own.
+            "unet_sha256": sha256_file(unet_meta["path"]),
+            "classifier_sha256": sha256_file(clf_meta["path"]) if clf_meta else None,
+            "dataset": (unet_meta.get("data_config") or {}).get("name"),
+            "classifier_ckpt": clf_meta["path"] if clf_meta else None,
+            "classifier_step": clf_meta["step"] if clf_meta else None,
+            "weak_ckpt": unet_meta.get("weak")}
+
+
+def finish_point(cfg, out_dir: Path, parts: Path, info: dict, t0: float, env, what: str) -> Path:
+    """Rank 0: merge the batches in index order, write the point (npz, grid, info last), drop the parts."""
+    images, labels, counts = merge_parts(parts, int(cfg.num_samples), int(cfg.batch_size))
+    info = {**info, "cost_per_sample": cost_per_sample(counts, counts.get("images", 0)),
+            "wall_time_s": round(time.time() - t0, 3), "device": str(env.device), "processes": env.world_size}
+    npz = save_samples(out_dir, images, labels, info)
+    shutil.rmtree(parts, ignore_errors=True)
+    log_run(cfg, out_dir, info)
+    print(f"wrote {npz} ({len(images)} samples, {what}, {info['cost_per_sample']['nfe']:g} NFE/sample, "
+          f"{info['wall_time_s']}s)")
+    return npz
+
+
+def log_run(cfg: DictConfig, out_dir: Path, info: dict) -> None:
+    run = init_wandb(cfg.logger, job_type="sample", config=to_container(cfg), group=cfg.sweep_name, dir=out_dir)
+    scalars = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+    scalars.update({f"cost/{k}": v for k, v in info["cost_per_sample"].items()})
+    log_images(run, {"grid": out_dir / "grid.png"}, step=0)
+    run.log({f"info/{k}": v for k, v in scalars.items()}, step=0)
+    run.summary.update(scalars)
+    run.finish()
