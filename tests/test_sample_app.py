@@ -390,6 +390,6 @@ def test_fp16_on_a_cpu_says_it_is_slow(ckpts, tmp_path, capsys):
     from guidance.sampling.point import run_sample
 
     run_sample(compose_cfg(ckpts, "guidance=cfg", "precision=fp16", "num_samples=2", "batch_size=2",
-                           "sampler.respacing=ddim1", "sampler=ddim"), tmp_path)
+                           "sampler.respacing=1", "sampler=ddim"), tmp_path)
     out = capsys.readouterr().out
     assert "note: precision=fp16 on a CPU runs ~17x slower than fp32" in out and out.count("note: precision") == 1
