@@ -203,7 +203,7 @@ CASES = [  # (what, input, call)
     # issue 23: tracebacks, Hydra's multi-line messages and wrong hints, now one line before any work
     ("files", "a full disk inside `torch.save`", torch_save_full_disk),
     ("files", "a full disk before Hydra writes its config (any app)", lambda w: app(
-        "sample", f"hydra.run.dir={w / 'out'}", **{"shutil.disk_usage": lambda p: __import__("shutil")._ntuple_diskusage(
+        "sample", f"hydra.run.dir={w / 'full_disk_out'}", **{"shutil.disk_usage": lambda p: __import__("shutil")._ntuple_diskusage(
             10**9, 10**9 - 4096, 4096)})),
     ("files", "`hydra.run.dir` under a regular file (guidance-sample)", lambda w: app(
         "sample", f"hydra.run.dir={w / 'blocker' / 'x'}")),
