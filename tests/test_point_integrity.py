@@ -82,6 +82,7 @@ def test_evaluate_scores_a_consistent_folder_and_a_plain_batch():
 
 HOLD = """
 import sys, time
+from guidance.io import exclusive_writer
 with exclusive_writer(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)
