@@ -250,6 +250,7 @@ def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[s
     (run_sample checks), metrics when they are newer than the samples and made with the same metrics settings.
     Under torchrun every rank samples its share of each point (run_sample); rank 0 alone evaluates."""
     from guidance.metrics.evaluate import evaluate_folder_if_stale
+    from guidance.metrics.registry import METRICS
     from guidance.sampling.point import run_sample
 
     sweep_dir, sweep_name = out_dir / "sweep", sweep_name_of(cfg)
@@ -269,9 +270,9 @@ def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[s
             if metrics is None:
                 reused += 1
                 continue
-            tqdm.write(f"[sweep] {p['name']}: FID {metrics['fid']:.2f}  precision {metrics['precision']:.3f}  "
-                       f"recall {metrics['recall']:.3f}  class acc {metrics.get('class_acc', float('nan')):.3f}  "
-                       f"({time.time() - t0:.0f}s)")
+            shown = "  ".join(f"{m.label} {metrics[m.key]:.{m.decimals}f}" for m in METRICS.values()
+                              if m.column != "csv" and m.key in metrics)  # the tables' columns, as the registry says
+            tqdm.write(f"[sweep] {p['name']}: {shown}  ({time.time() - t0:.0f}s)")
     tqdm.write(f"[sweep] {reused} of {len(points)} points were already evaluated with these settings")
     return sweep_dir
 

@@ -48,7 +48,10 @@ def evaluate_point(cfg: DictConfig, npz: Path) -> None:
     if metrics is None:
         print(f"{npz.parent / 'metrics.json'} is up to date; skipping evaluation")
     else:
-        shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("fid", "precision", "recall", "class_acc") if k in metrics)
+        from guidance.metrics.registry import METRICS
+
+        shown = "  ".join(f"{m.label} {metrics[m.key]:.{m.decimals}f}" for m in METRICS.values()
+                          if m.column != "csv" and m.key in metrics)
         print(f"metrics [{metrics['extractor']}]: {shown}  -> {npz.parent / 'metrics.json'}")
 
 
