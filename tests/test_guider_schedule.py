@@ -171,3 +171,18 @@ def test_a_point_sampled_by_the_old_interval_class_is_recognised_by_its_preset(t
     tsg_before = {**old, "guider": {**old["guider"], "t_min": 0}}  # a field the new strategy lacks: not the same
     save_samples(tmp_path, torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), tsg_before)
     assert not finished_samples(tmp_path, new, MATCH_KEYS)
+
+
+def test_dynamic_threshold_refuses_cfgpp_and_checks_its_inner_strategy_against_the_chain():
+    """Thresholding CFG++'s x̂0_λ while it re-noises with ε_u is not CFG++'s form: refused in one line. The
+    wrapper also hands the chain to its inner strategy, so CFG-Zero* zeroing every step is refused inside it too."""
+    from guidance.diffusion import create_diffusion
+    from guidance.errors import GuidanceError
+    from guidance.guiders import CFGPlusPlus, CFGZeroStar, DynamicThresholding
+    from guidance.sampling import DDIMSampler
+
+    with pytest.raises(GuidanceError, match="re-noises"):
+        DynamicThresholding(CFGPlusPlus(0.4))
+    steps = DDIMSampler(create_diffusion(steps=1000), respacing="2").evaluation_steps()
+    with pytest.raises(GuidanceError, match="zeroes all 2 steps"):
+        DynamicThresholding(CFGZeroStar(1.0, zero_steps=2)).check_chain(steps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from guidance.engine import RENOISE_EPS
 from guidance.errors import GuidanceError
 from guidance.guiders.base import Description, Guider, TableSpec, fmt
 
@@ -36,6 +37,10 @@ class DynamicThresholding(Guider):
         self.inner, self.percentile = inner, float(percentile)
         if not 0.0 < self.percentile <= 1.0:
             raise GuidanceError(f"guidance.percentile must be in (0, 1] (Imagen uses 0.995), got {percentile}")
+        if RENOISE_EPS in inner.needs:  # CFG++: its step re-noises x̂0 with its own ε_u, a pair thresholding breaks
+            raise GuidanceError(f"guidance.inner={inner.name} re-noises x̂0 with its own ε, which dynamic thresholding "
+                                "would pair with a thresholded x̂0 (a form its paper does not define); threshold "
+                                "another strategy, or run it alone")
         self.networks, self.needs = inner.networks, inner.needs
 
     def reset(self, batch_size, rng=None):
@@ -49,6 +54,9 @@ class DynamicThresholding(Guider):
 
     def holds(self, step):
         return self.inner.holds(step)
+
+    def check_chain(self, steps):
+        self.inner.check_chain(steps)  # the inner strategy's windows and zeroed steps against this chain
 
     def finish(self, pred, x, step, clip):
         if self.holds(step):
