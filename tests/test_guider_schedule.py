@@ -156,7 +156,7 @@ def test_an_edm_grid_far_beyond_the_trained_timesteps_is_refused():
 # ---- points sampled before the presets are still recognised ----
 
 def test_a_point_sampled_by_the_old_interval_class_is_recognised_by_its_preset(tmp_path):
-    from guidance.apps.sample import MATCH_KEYS
+    from guidance.sampling.point import MATCH_KEYS
     from guidance.sampling.generate import finished_samples, save_samples
 
     new = {**build_guider("cfg_interval", scale=2.0).info(), "sampler": "ddim", "num_samples": 2,
