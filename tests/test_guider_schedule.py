@@ -65,7 +65,9 @@ def test_presets_record_what_their_classes_recorded():
 
 
 @pytest.mark.parametrize("name,fields", [("pag", {}), ("apg", {}), ("autoguidance", {}), ("icg", {}),
-                                         ("cfg_rescale", {}), ("cfg_zero", {}), ("tsg", {}), ("classifier", {})])
+                                         ("cfg_rescale", {}), ("cfg_zero", {}), ("tsg", {}), ("classifier", {}),
+                                         ("tcfg", {}), ("fdg", {}), ("mambo", {}), ("apg_mix", {}),
+                                         ("slg", {"start": 0.0, "stop": 1.0}), ("seg", {})])
 def test_every_strategy_takes_the_schedule(name, fields):
     g = build_guider(name, scale=2.0, schedule="interval", sigma_lo=1.0, sigma_hi=5.0, **fields)
     inside, outside = Step(500, 0.1, 3, 10), Step(999, 4e-5, 0, 10)
@@ -156,7 +158,7 @@ def test_an_edm_grid_far_beyond_the_trained_timesteps_is_refused():
 # ---- points sampled before the presets are still recognised ----
 
 def test_a_point_sampled_by_the_old_interval_class_is_recognised_by_its_preset(tmp_path):
-    from guidance.apps.sample import MATCH_KEYS
+    from guidance.sampling.point import MATCH_KEYS
     from guidance.sampling.generate import finished_samples, save_samples
 
     new = {**build_guider("cfg_interval", scale=2.0).info(), "sampler": "ddim", "num_samples": 2,

@@ -15,7 +15,11 @@ the update to o_u, APG's paper to o_c with w_apg (o_c + w_apg (Δ_⊥ + η Δ_�
 (o_u − o_c) + (Δ_⊥ + η Δ_∥), zero only at η = 1, β = 0, r = ∞ — followed here as diffusers defines it;
 (2) the momentum advances at every denoiser call, so a 2nd-order sampler feeds it both evaluations of a step
 (diffusers' pipelines call the guider once per step). When w_apg = 0 the late steps stay CFG (as in diffusers).
-Neutral settings: w = 0 is the conditional model (1 NFE, no APG either); k >= steps is CFG at w.
+Neutral settings: w = 0 is the conditional model (1 NFE, no APG either). The switch is decided per chain step
+(Step.index, so both evaluations of a Heun step are in the same phase); a k that leaves no APG step in the chain
+(k >= steps − 1 with w, w_apg != 0) is refused before any work (check_chain), as a schedule window that selects
+none. The shared per-chain-step schedule (guidance.guiders.base) applies to BOTH scales (w_i = schedule(w, i),
+w_apg,i = schedule(w_apg, i)); a step whose w_i is 0 skips the null pass (and the momentum does not advance).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 from guidance.errors import GuidanceError, check_scale
 from guidance.guiders.apg import per_image_dot
-from guidance.guiders.base import Description, TableSpec, fmt
+from guidance.guiders.base import Description, TableSpec, extrapolate, fmt
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.guiders.spaces import check_space, from_space, to_space
 
@@ -36,8 +40,9 @@ class AdaptiveProjectedMixGuidance(ClassifierFreeGuidance):
     name = "apg_mix"
 
     def __init__(self, scale: float = 2.5, apg_scale: float = 9.0, momentum: float | None = -0.5,
-                 norm_threshold: float | None = 10.0, eta: float = 0.0, apg_start_step: int = 5, space: str = "flow"):
-        super().__init__(scale=scale)
+                 norm_threshold: float | None = 10.0, eta: float = 0.0, apg_start_step: int = 5, space: str = "flow",
+                 **schedule):
+        super().__init__(scale=scale, **schedule)
         self.apg_scale = check_scale(apg_scale, "guidance.apg_scale")
         self.momentum = 0.0 if momentum is None else check_scale(momentum, "guidance.momentum", allow_negative=True)
         self.norm_threshold = None if not norm_threshold else check_scale(norm_threshold, "guidance.norm_threshold")
@@ -46,6 +51,13 @@ class AdaptiveProjectedMixGuidance(ClassifierFreeGuidance):
             raise GuidanceError(f"apg_mix needs apg_start_step an integer >= 0 (APG after that step), got {apg_start_step!r}")
         self.apg_start_step, self.space = apg_start_step, check_space(space, "apg_mix")
         self.running = None
+
+    def check_chain(self, steps):
+        super().check_chain(steps)
+        if steps and self.scale != 0 and self.apg_scale != 0 and not any(s.index > self.apg_start_step for s in steps):
+            raise GuidanceError(f"guidance=apg_mix: apg_start_step={self.apg_start_step} leaves no APG step in this "
+                                f"chain of {steps[0].count} steps (APG runs at steps > apg_start_step, from 0); "
+                                "lower it, or use cfg")
 
     def reset(self, batch_size, rng=None):
         self.running = None  # the momentum belongs to one chain
@@ -57,8 +69,9 @@ class AdaptiveProjectedMixGuidance(ClassifierFreeGuidance):
         c, u = to_space(cond, x, step, self.space), to_space(preds["uncond"], x, step, self.space)
         diff = (c - u).double()
         self.running = diff if self.running is None or self.momentum == 0 else diff + self.momentum * self.running
-        if step.index <= self.apg_start_step or self.apg_scale == 0:
-            return from_space(c + self.scale * (c - u), x, step, self.space, cond.var_v)
+        w_apg = self.schedule.scale_at(self.apg_scale, step)
+        if step.index <= self.apg_start_step or w_apg == 0:
+            return from_space(extrapolate(c, u, self.scale_at(step)), x, step, self.space, cond.var_v)
         delta = self.running
         if self.norm_threshold is not None:
             norm = per_image_dot(delta, delta).sqrt()
@@ -66,7 +79,7 @@ class AdaptiveProjectedMixGuidance(ClassifierFreeGuidance):
         cd = c.double()
         parallel = per_image_dot(delta, cd) / per_image_dot(cd, cd).clamp_min(1e-12) * cd
         update = (delta - parallel + self.eta * parallel).to(c.dtype)
-        return from_space(u + (1 + self.apg_scale) * update, x, step, self.space, cond.var_v)
+        return from_space(u + (1 + w_apg) * update, x, step, self.space, cond.var_v)
 
     def info(self):
         return {**super().info(), "apg_scale": self.apg_scale, "momentum": self.momentum,

@@ -17,6 +17,8 @@ guidance_scales = [1 + w_high, ..., 1 + w_low] (finest first) and the same η as
 combination is affine, so it is the same prediction in ε space; η ≠ 1 depends on the space. kornia is not in the
 bench extra: the peer test runs diffusers' combination on this pyramid, and compares the pyramid with kornia's
 where kornia is installed. Neutral settings: w_low = w_high = w is CFG at w; both 0 is the conditional model (1 NFE).
+The shared per-chain-step schedule (guidance.guiders.base) applies to BOTH scales (one schedule shape for every
+guidance term: w_l,i = schedule(w_l, i)); a step where both are 0 skips the null pass.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from guidance.errors import GuidanceError, check_scale
 from guidance.guiders.apg import per_image_dot
-from guidance.guiders.base import Description, TableSpec, fmt
+from guidance.guiders.base import Description, TableSpec, extrapolate, fmt
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.guiders.spaces import check_space, from_space, to_space
 
@@ -73,8 +75,8 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
     name = "fdg"
 
     def __init__(self, scale: float = 1.0, high_scale: float = 2.0, levels: int = 2, parallel_weight: float = 1.0,
-                 space: str = "x0"):
-        super().__init__(scale=scale)
+                 space: str = "x0", **schedule):
+        super().__init__(scale=scale, **schedule)
         self.high_scale = check_scale(high_scale, "guidance.high_scale")
         self.parallel_weight = check_scale(parallel_weight, "guidance.parallel_weight")
         if not isinstance(levels, int) or levels < 2:
@@ -82,10 +84,11 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
         self.levels, self.space = levels, check_space(space, "fdg")
 
     def guided_at(self, step):
-        return self.scale != 0 or self.high_scale != 0
+        return any(w != 0 for w in self.level_scales(step))
 
-    def level_scales(self) -> list[float]:
-        return [self.high_scale] * (self.levels - 1) + [self.scale]
+    def level_scales(self, step) -> list[float]:
+        """This chain step's w_l, finest first: both scales under the schedule."""
+        return [self.schedule.scale_at(self.high_scale, step)] * (self.levels - 1) + [self.scale_at(step)]
 
     def combine(self, preds, x, step):
         cond = preds["cond"]
@@ -98,13 +101,14 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
                                 f"got {h}x{w_px}; lower guidance.levels")
         cs, us = (laplacian_pyramid(_padded(t, self.levels), self.levels) for t in (c, u))
         guided = []
-        for c_l, u_l, w in zip(cs, us, self.level_scales()):
-            delta = c_l - u_l
-            if self.parallel_weight != 1:
-                cd = c_l.double()
-                parallel = per_image_dot(delta.double(), cd) / per_image_dot(cd, cd).clamp_min(1e-12) * cd
-                delta = (delta - parallel + self.parallel_weight * parallel).to(c_l.dtype)
-            guided.append(u_l + (1 + w) * delta)            # η = 1: c_l + w (c_l − u_l)
+        for c_l, u_l, w in zip(cs, us, self.level_scales(step)):
+            if self.parallel_weight == 1:
+                guided.append(extrapolate(c_l, u_l, w, order="lerp"))  # u_l + (1 + w_l)(c_l − u_l), the paper's
+                continue
+            delta, cd = c_l - u_l, c_l.double()
+            parallel = per_image_dot(delta.double(), cd) / per_image_dot(cd, cd).clamp_min(1e-12) * cd
+            delta = (delta - parallel + self.parallel_weight * parallel).to(c_l.dtype)
+            guided.append(u_l + (1 + w) * delta)            # the projected update: not an extrapolation
         out = from_pyramid(guided)[..., :h, :w_px]
         return from_space(out, x, step, self.space, cond.var_v)
 

@@ -15,7 +15,9 @@ differences, stated: (1) its _gaussian_blur_2d swaps the official branches: σ <
 a 7×7 map of random queries its σ = 0.5 / 1 / 2 query differs from the paper's by ~98% / 91% / 71% of its norm
 (only σ = inf, its default and the paper's, agrees, up to its finite-kernel approximation of the mean); (2) its window
 int(start·n) < i never guides step 0; SEG here guides every step, as the paper. Neutral settings: s = 0 or no
-block is CFG at w (or the model); σ → 0 makes ε_seg = ε.
+block is CFG at w (or the model); σ → 0 makes ε_seg = ε. The shared per-chain-step schedule (guidance.guiders.base;
+e.g. `schedule: step` for diffusers' start/stop window) applies to BOTH scales (s_i = schedule(s, i),
+w_i = schedule(w, i)): a step whose w_i is 0 skips the null pass, whose s_i is 0 the blurred pass.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from guidance.errors import GuidanceError, check_scale
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
 from guidance.guiders.slg import _Hooks
 
 TABLE = TableSpec("seg", "Smoothed energy guidance (Hong 2024)", ("Model", "s", "w", "σ", "Blocks"), order=62,
@@ -77,8 +79,8 @@ class SmoothedEnergyGuidance(Guider):
     name = "seg"
 
     def __init__(self, scale: float = 3.0, cfg_scale: float = 0.0, blur_sigma: float | None = None,
-                 blocks=("middle",), conditional: bool = True):
-        super().__init__(scale=scale, conditional=conditional)
+                 blocks=("middle",), conditional: bool = True, **schedule):
+        super().__init__(scale=scale, conditional=conditional, **schedule)
         self.cfg_scale = check_scale(cfg_scale, "guidance.cfg_scale")
         self.blur_sigma = None if blur_sigma is None or float(blur_sigma) > INFINITE_BLUR else float(blur_sigma)
         if self.blur_sigma is not None and not self.blur_sigma > 0:
@@ -87,11 +89,15 @@ class SmoothedEnergyGuidance(Guider):
         if self.cfg_scale and not self.conditional:
             raise GuidanceError("seg: cfg_scale must be 0 on the unconditional model (guidance.conditional=false)")
 
+    def cfg_at(self, step) -> float:
+        """This chain step's w (the CFG part), under the shared schedule."""
+        return self.schedule.scale_at(self.cfg_scale, step)
+
     def requests(self, step):
         reqs = [Eval("model", labels=self.model_labels)]
-        if self.cfg_scale != 0:
+        if self.cfg_at(step) != 0:
             reqs.append(Eval("uncond", labels="null"))
-        if self.scale != 0 and self.blocks:
+        if self.scale_at(step) != 0 and self.blocks:
             reqs.append(Eval("seg", labels=self.model_labels, perturb=BlurredQuery(self.blocks, self.blur_sigma or math.inf)))
         return reqs
 
@@ -99,9 +105,9 @@ class SmoothedEnergyGuidance(Guider):
         model = preds["model"]
         eps = model.eps
         if "uncond" in preds:
-            eps = eps + self.cfg_scale * (model.eps - preds["uncond"].eps)
-        if "seg" in preds:
-            eps = eps + self.scale * (model.eps - preds["seg"].eps)
+            eps = extrapolate(model.eps, preds["uncond"].eps, self.cfg_at(step))
+        if "seg" in preds:  # the second term of the sum, its difference taken from the model's ε
+            eps = eps + self.scale_at(step) * (model.eps - preds["seg"].eps)
         return Prediction.from_eps(x, step, eps, model.var_v) if len(preds) > 1 else model
 
     def info(self):

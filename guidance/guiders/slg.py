@@ -13,6 +13,13 @@ SkipLayerGuidance truncates them first (int(start·n) < i < int(stop·n)): it dr
 is not an integer (n = 28, stop = 0.2: SD 3.5 guides steps 1..5, diffusers 1..4), otherwise they agree. diffusers:
 guidance_scale = w + 1, skip_layer_guidance_scale = s. On the unconditional model (`conditional: false`) w must be
 0. Neutral settings: s = 0 or no block is CFG at w; both scales 0 is the model (1 NFE).
+
+The window stays SLG's own, not the shared schedule's `step` shape: that one keeps start < (i + 1)/n <= end, SD 3.5
+keeps start < i/n < stop (n = 10, 0.01..0.2: SD 3.5 guides step 1, `step` steps 0 and 1). It is decided per chain
+step (Step.index of Step.count, so Heun's second evaluation follows its step) and a window that holds no step of
+the chain (with s != 0 and a block) is refused before any work (check_chain). Because `start` is this window's,
+`schedule: step` is refused here (use the window, or `interval`). The shared schedule applies to BOTH scales
+(s_i = schedule(s, i), w_i = schedule(w, i)): a step whose w_i is 0 skips the null pass, whose s_i is 0 the skip pass.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidance.errors import GuidanceError, check_scale
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
 
 TABLE = TableSpec("slg", "Skip layer guidance (SD 3.5)", ("Model", "s", "w", "Blocks", "Window"), order=61,
                   baseline_models=("conditional", "unconditional"), baseline_cells=("{model}", "0", "0", "–", "–"))
@@ -69,8 +76,11 @@ class SkipLayerGuidance(Guider):
     name = "slg"
 
     def __init__(self, scale: float = 2.8, cfg_scale: float = 1.0, blocks=("middle.1",), start: float = 0.01,
-                 stop: float = 0.2, conditional: bool = True):
-        super().__init__(scale=scale, conditional=conditional)
+                 stop: float = 0.2, conditional: bool = True, **schedule):
+        if schedule.get("schedule") == "step":
+            raise GuidanceError("guidance=slg: schedule=step is refused, its start would be SLG's own window "
+                                "(start·n < i < stop·n); set guidance.start/stop, or use schedule=interval")
+        super().__init__(scale=scale, conditional=conditional, **schedule)
         self.cfg_scale = check_scale(cfg_scale, "guidance.cfg_scale")
         self.blocks = tuple(str(b) for b in (blocks or ()))
         self.start, self.stop = float(start), float(stop)
@@ -79,12 +89,22 @@ class SkipLayerGuidance(Guider):
         if self.cfg_scale and not self.conditional:
             raise GuidanceError("slg: cfg_scale must be 0 on the unconditional model (guidance.conditional=false)")
 
+    def cfg_at(self, step) -> float:
+        """This chain step's w (the CFG part), under the shared schedule."""
+        return self.schedule.scale_at(self.cfg_scale, step)
+
     def skipping(self, step) -> bool:
-        return self.scale != 0 and bool(self.blocks) and in_window(step, self.start, self.stop)
+        return self.scale_at(step) != 0 and bool(self.blocks) and in_window(step, self.start, self.stop)
+
+    def check_chain(self, steps):
+        super().check_chain(steps)
+        if steps and self.scale != 0 and self.blocks and not any(in_window(s, self.start, self.stop) for s in steps):
+            raise GuidanceError(f"guidance=slg: the window start={self.start:g}, stop={self.stop:g} (start·n < i < "
+                                f"stop·n) holds no step of this chain of {steps[0].count} steps; widen it")
 
     def requests(self, step):
         reqs = [Eval("model", labels=self.model_labels)]
-        if self.cfg_scale != 0:
+        if self.cfg_at(step) != 0:
             reqs.append(Eval("uncond", labels="null"))
         if self.skipping(step):
             reqs.append(Eval("skip", labels=self.model_labels, perturb=SkipLayers(self.blocks)))
@@ -94,9 +114,9 @@ class SkipLayerGuidance(Guider):
         model = preds["model"]
         eps = model.eps
         if "uncond" in preds:
-            eps = eps + self.cfg_scale * (model.eps - preds["uncond"].eps)
-        if "skip" in preds:
-            eps = eps + self.scale * (model.eps - preds["skip"].eps)
+            eps = extrapolate(model.eps, preds["uncond"].eps, self.cfg_at(step))
+        if "skip" in preds:  # the second term of the sum, its difference taken from the model's ε
+            eps = eps + self.scale_at(step) * (model.eps - preds["skip"].eps)
         return Prediction.from_eps(x, step, eps, model.var_v) if len(preds) > 1 else model
 
     def info(self):

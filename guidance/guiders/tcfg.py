@@ -9,6 +9,7 @@ units):
 The paper writes ε_u' + s (ε_c − ε_u') with s = w + 1, and so does diffusers' TangentialClassifierFreeGuidance
 (guidance_scale = w + 1, use_original_formulation=False); it runs the SVD in float32, here in float64 (they agree to
 float32 rounding). v₁'s sign is arbitrary and cancels. Neutral setting: w = 0 is the conditional model (1 NFE).
+w follows the shared per-chain-step schedule (guidance.guiders.base): a step whose scale is 0 skips the null pass.
 `space: x0 | flow` runs the same filter on x̂0 or the flow velocity instead (not the paper's; the SVD is not
 affine-invariant, so it differs).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from guidance.guiders.base import Description, TableSpec, fmt
+from guidance.guiders.base import Description, TableSpec, extrapolate, fmt
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.guiders.spaces import check_space, from_space, to_space
 
@@ -36,8 +37,8 @@ def tangential_filter(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
 class TangentialCFG(ClassifierFreeGuidance):
     name = "tcfg"
 
-    def __init__(self, scale: float = 1.0, space: str = "eps"):
-        super().__init__(scale=scale)
+    def __init__(self, scale: float = 1.0, space: str = "eps", **schedule):
+        super().__init__(scale=scale, **schedule)
         self.space = check_space(space, "tcfg")
 
     def combine(self, preds, x, step):
@@ -46,7 +47,7 @@ class TangentialCFG(ClassifierFreeGuidance):
             return cond
         c, u = to_space(cond, x, step, self.space), to_space(preds["uncond"], x, step, self.space)
         ref = tangential_filter(c, u)
-        return from_space(c + self.scale * (c - ref), x, step, self.space, cond.var_v)
+        return from_space(extrapolate(c, ref, self.scale_at(step)), x, step, self.space, cond.var_v)
 
     def info(self):
         return {**super().info(), "space": self.space}
