@@ -71,3 +71,24 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     Subprocesses inherit both through the environment."""
     monkeypatch.setenv("GUIDANCE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "guidance_cache"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+# In-process numerical test modules run their tiny networks on one intra-op thread: with two OpenMP threads on a
+# 2-core machine that is also running another process (a subprocess test, a compile worker), spin-waiting made
+# a 5-step chain of the engine matrix take 14-43 s instead of 1 s. Their assertions hold at any thread count.
+ONE_THREAD_MODULES = {"test_engine_matrix", "test_engine_contract", "test_samplers", "test_sampler_peers",
+                      "test_guiders", "test_guiders_modern", "test_guiders_peers", "test_guider_schedule",
+                      "test_new_guiders_schedule", "test_guider_apg", "test_diffusion", "test_respace"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_for_numerical_modules(request):
+    if request.module.__name__.rsplit(".", 1)[-1] not in ONE_THREAD_MODULES:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -53,7 +53,7 @@ def test_capabilities_are_data_and_depend_on_the_parameters_that_change_the_form
         assert cls(BASE).capabilities <= set(CAPABILITIES), cls
     for name, cls in GUIDERS.items():
         assert cls.needs <= set(CAPABILITIES), name
-    assert CFGPlusPlus.needs == {RENOISE_EPS} and DynamicThresholding(CFGPlusPlus(0.5)).needs == {RENOISE_EPS}
+    assert CFGPlusPlus.needs == {RENOISE_EPS}  # (dynamic thresholding refuses CFG++: test_guider_schedule)
     assert DynamicThresholding(ClassifierGuidance(1.0)).needs == frozenset()
 
 
