@@ -2,6 +2,7 @@
 closed forms and against a hand sum over the rows a strategy requests per step × steps."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,47 @@ def test_recorded_gflop_per_sample_is_the_hand_sum(snapshots, tmp_path, strategy
     names = {"unet": "unet", "weak": "weak", "pag": "unet+IdentityAttention", "clf_fwd": "classifier_forward",
              "clf_bwd": "classifier_backward"}
     assert info["flops_per_pass"] == {names[k]: hand[k] for k in rows}
+
+
+# ---- the report: GFLOP/sample in the tables, the csv and as the cost plot's x axis ----
+
+def _stored_point(folder, strategy, w, fid, gflop):
+    folder.mkdir(parents=True)
+    cost = {"nfe": 20 if w else 10, **({} if gflop is None else {"gflop": gflop})}
+    info = {"strategy": strategy, "scale": w, "conditional": True, "sampler": "ddim", "steps": 10,
+            "num_samples": 100, "seed": 3, "cost_per_sample": cost}
+    (folder / "sample_info.json").write_text(json.dumps(info))
+    (folder / "metrics.json").write_text(json.dumps({"extractor": "evaluator", "weights_sha256": "e" * 64,
+                                                     "num_samples": 100, "fid": fid}))
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_report_shows_gflop_per_sample_where_recorded(tmp_path, monkeypatch, recorded):
+    from guidance.guiders import describe_point
+    from guidance.report import build_report
+    import guidance.report.plots as plots
+
+    for w, fid, gflop in [(0.0, 9.0, 1.5), (1.0, 7.0, 3.0), (2.0, 8.0, 3.0)]:
+        _stored_point(tmp_path / "sweep" / f"w{w:g}", "cfg" if w else "none", w, fid, gflop if recorded else None)
+    xlabels, save = {}, plots._save
+
+    def recording_save(fig, path):
+        xlabels[Path(path).stem] = fig.axes[0].get_xlabel() if fig.axes else None
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", recording_save)
+    paths = build_report(tmp_path / "sweep", tmp_path / "out", describe=describe_point, logger_cfg=None,
+                         progress=False)
+    md, header = paths["md"].read_text(), paths["csv"].read_text().splitlines()[0]
+    if recorded:
+        assert "| NFE/sample | GFLOP/sample |" in md and "| 20 | 3 |" in md
+        assert "gflop_per_sample" in header and xlabels["fid_vs_nfe"].startswith("GFLOP per sample")
+    else:  # records made before FLOPs were counted: no empty column, the plot says what its x axis is
+        assert "GFLOP" not in md and "gflop" not in header and "predate FLOP counting" in xlabels["fid_vs_nfe"]
+
+
+def test_pareto_front_is_the_lowest_fid_at_or_below_each_cost():
+    from guidance.report.plots import pareto_front
+
+    pts = [(20, 7.0), (10, 9.0), (30, 8.0), (40, 6.5), (10, 9.5), (25, 7.0)]
+    assert pareto_front(pts) == [(10, 9.0), (20, 7.0), (40, 6.5)]
