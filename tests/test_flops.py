@@ -162,8 +162,8 @@ def test_report_shows_gflop_per_sample_where_recorded(tmp_path, monkeypatch, rec
         assert "GFLOP" not in md and "gflop" not in header and "predate FLOP counting" in xlabels["fid_vs_nfe"]
 
 
-def test_pareto_front_is_the_lowest_fid_at_or_below_each_cost():
-    from guidance.report.plots import pareto_front
+def test_cost_front_is_the_lowest_fid_at_or_below_each_cost():
+    from guidance.report.plots import cost_front
 
     pts = [(20, 7.0), (10, 9.0), (30, 8.0), (40, 6.5), (10, 9.5), (25, 7.0)]
-    assert pareto_front(pts) == [(10, 9.0), (20, 7.0), (40, 6.5)]
+    assert cost_front(pts) == [(10, 9.0), (20, 7.0), (40, 6.5)]

@@ -271,7 +271,7 @@ def plot_is_vs_fid(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def cost_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """(cost, fid) points no cheaper-or-equal point beats: the lowest FID at or below each cost, by cost."""
     front, best = [], np.inf
     for c, fid in sorted(points):
@@ -300,7 +300,7 @@ def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
                     capsize=2, alpha=0.85, color=st["color"], marker=st["marker"], ms=st["ms"], label=_label(key, pts))
         everything += [(cost(p), p.value("fid")) for p in pts]
     if everything:
-        ax.plot(*zip(*pareto_front(everything)), color="black", lw=2, alpha=0.3, drawstyle="steps-post",
+        ax.plot(*zip(*cost_front(everything)), color="black", lw=2, alpha=0.3, drawstyle="steps-post",
                 label="frontier")
         _legend(ax)
         fids = [f for _, f in everything if f > 0]
