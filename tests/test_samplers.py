@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from guidance.diffusion import create_diffusion, space_timesteps
 from guidance.errors import GuidanceError
@@ -221,7 +222,8 @@ def test_dpm_solver_pp_2m_matches_the_update_by_hand():
         seen = []
 
         def forward(self, x, t, y):
-            self.seen.append(x.double())
+            if not is_in_torch_dispatch_mode():  # not the denoiser's one-image FLOP measurement
+                self.seen.append(x.double())
             ab = torch.from_numpy(BASE.alphas_cumprod).float()[t].reshape(-1, 1, 1, 1)
             c = (t.float() / 1000).reshape(-1, 1, 1, 1)
             return (x - ab.sqrt() * c) / (1 - ab).sqrt()
