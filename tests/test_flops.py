@@ -15,7 +15,7 @@ from guidance.guiders.pag import IdentityAttention
 from guidance.nn import UNet
 from guidance.sampling.flops import forward_flops, gradient_flops, perturbed_flops
 
-from test_sample_app import SIZE, classifier_config, compose_cfg, save, unet_config
+from test_sample_app import DIFFUSION, SIZE, classifier_config, compose_cfg, save, unet_config
 
 STEPS = 3
 
@@ -167,3 +167,30 @@ def test_cost_front_is_the_lowest_fid_at_or_below_each_cost():
 
     pts = [(20, 7.0), (10, 9.0), (30, 8.0), (40, 6.5), (10, 9.5), (25, 7.0)]
     assert cost_front(pts) == [(10, 9.0), (20, 7.0), (40, 6.5)]
+
+
+@pytest.mark.parametrize("guider", ["tsg", "icg", "pag", "classifier"])
+def test_measuring_changes_no_sample(guider):
+    """Strategies that draw (TSG's embedding noise, ICG's random labels), a perturbed pass and a classifier gradient:
+    the same chain with and without the one-image measurements is bitwise equal, and only the measuring one has
+    FLOPs (off by default: library denoisers call their networks only to sample)."""
+    from guidance.diffusion import create_diffusion
+    from guidance.guiders import GUIDERS
+    from guidance.nn import EncoderClassifier
+    from guidance.sampling import DDIMSampler, GuidedDenoiser
+    from guidance.sampling.rng import PerImageRNG
+
+    torch.manual_seed(0)
+    nets = {"unet": UNet(**{k: v for k, v in unet_config().items() if k != "_target_"}).eval(),
+            "classifier": EncoderClassifier(**{k: v for k, v in classifier_config().items() if k != "_target_"}).eval()}
+    for p in nets["unet"].out.parameters():  # the zero-initialised output layer would make every pass predict 0
+        torch.nn.init.normal_(p, std=0.1)
+    diffusion = create_diffusion(**{k: v for k, v in DIFFUSION.items() if k not in ("_target_", "timestep_respacing")})
+    outs = []
+    for measure in (False, True):
+        den = GuidedDenoiser(GUIDERS[guider](scale=1.5), nets, 3, measure_flops=measure)
+        sampler = DDIMSampler(diffusion, "ddim3")
+        y = torch.tensor([0, 1, 2])
+        outs.append(sampler.sample(den, (3, 1, SIZE, SIZE), y, PerImageRNG(4, range(3))))
+        assert ("gflop" in den.cost_per_sample()) == measure
+    assert torch.equal(outs[0], outs[1])

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from guidance.diffusion import create_diffusion
 from guidance.errors import GuidanceError
@@ -191,8 +190,7 @@ def test_autoguidance_by_hand_same_condition_and_neutral():
     main_x0 = x0_from(x, step, eps(x, y, step))
     weak_x0 = x0_from(x, step, weak(x, torch.full_like(y, step.t), y))  # the SAME labels, not the null label
     torch.testing.assert_close(pred.x0, main_x0 + w * (main_x0 - weak_x0), rtol=1e-5, atol=1e-5)
-    counted = {k: v for k, v in den.cost_per_sample().items() if not k.startswith("gflop")}  # FLOPs: test_flops
-    assert counted == {"nfe": 2.0, "classifier_forward": 0.0, "classifier_backward": 0.0, "nfe_weak": 1.0}
+    assert den.cost_per_sample() == {"nfe": 2.0, "classifier_forward": 0.0, "classifier_backward": 0.0, "nfe_weak": 1.0}
     same, _ = run(Autoguidance(w), x, y, step, {"unet": MODEL, "weak": MODEL})
     torch.testing.assert_close(same.eps, eps(x, y, step), rtol=1e-5, atol=1e-5)
     with pytest.raises(GuidanceError, match="weak"):
@@ -208,8 +206,7 @@ def test_icg_uses_per_image_random_labels_and_null_is_cfg():
 
     class Recording(torch.nn.Module):
         def forward(self, x, t, labels):
-            if not is_in_torch_dispatch_mode():  # not the denoiser's one-image FLOP measurement
-                seen.append(labels.clone())
+            seen.append(labels.clone())
             return MODEL(x, t, labels)
 
     w = 2.0

@@ -8,7 +8,7 @@ The guider lists the predictions it needs at this step (`Eval`: a denoising netw
 batch (or, with batching="split", one forward per request; "auto" follows the measured per-device policy of
 guidance.sampling.runtime), under the Runtime's precision, layout and compilation, hands the named predictions (in
 x's dtype, whatever the autocast) to the guider's `combine`, clips x̂0 if asked, and counts every network row and classifier pass as it happens.
-The first time it runs a pass it measures that pass's FLOPs per row on one image (guidance.sampling.flops), so the
+With measure_flops (run_sample's), the first time it runs a pass it measures that pass's FLOPs per row on one image (guidance.sampling.flops), so the
 cost per sample is Σ rows × FLOPs (guidance.engine.cost).
 Samplers see only the result, so any guider works with any sampler.
 """
@@ -32,12 +32,14 @@ class GuidedDenoiser:
     """networks: name -> module. Denoising networks take (x, t, labels) and return ε (or [ε, v] with a learned
     variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class (None: an
     unconditional U-Net, asked with no labels); `null_trained=False`: a class-conditional U-Net that never trained
-    that class (ADM's releases), so passes at the null label are refused."""
+    that class (ADM's releases), so passes at the null label are refused. `measure_flops`: measure each pass's FLOPs
+    at its first run (one extra one-image forward, or forward + backward, per kind of pass; run_sample turns it on)
+    so cost_per_sample() also says GFLOP/sample."""
 
     BATCHING = ("auto", "stacked", "split")
 
     def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int | None, batching: str = "auto",
-                 runtime: Runtime | None = None, null_trained: bool = True):
+                 runtime: Runtime | None = None, null_trained: bool = True, measure_flops: bool = False):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
@@ -51,7 +53,7 @@ class GuidedDenoiser:
         self.fast = {name: self.runtime.prepare(net) for name, net in networks.items() if net is not None}
         self.counts: Counter = Counter()  # rows through each network (perturbed ones also under
         #                                  "<network>+<perturbation>"), classifier forward/backward rows
-        self.flops: dict[str, int] = {}   # FLOPs per row of each counted pass, measured at its first run
+        self.flops: dict[str, int] | None = {} if measure_flops else None  # FLOPs per row of each pass
         self.images = 0                   # chains started, to report cost per sample
         self.draws = None                 # the chain's strategy stream (reset)
 
@@ -150,7 +152,7 @@ class GuidedDenoiser:
         classifier = self.fast[r.network]
         labels = self.labels(r.labels, y)
         t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
-        if f"{r.network}_forward" not in self.flops:
+        if self.flops is not None and f"{r.network}_forward" not in self.flops:
             self.flops[f"{r.network}_forward"], self.flops[f"{r.network}_backward"] = gradient_flops(
                 self.networks[r.network], x[:1], t[:1], labels[:1])
         with torch.enable_grad():
@@ -168,7 +170,7 @@ class GuidedDenoiser:
         """FLOPs per row of the pass `key` of network `name`, measured once, on the first image, on the eager
         network. The labels' values cost no FLOPs (an embedding lookup): the image's own label stands for any
         (no draw from a chain's stream)."""
-        if key in self.flops:
+        if self.flops is None or key in self.flops:
             return
         network = self.networks[name]
         t = torch.full((1,), step.t, dtype=torch.long, device=x.device)

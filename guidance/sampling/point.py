@@ -141,7 +141,7 @@ def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
               "precision=fp32, or bf16 on CPUs with AMX/AVX512-bf16")
     null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,
-                              null_trained=null_trained)
+                              null_trained=null_trained, measure_flops=True)
     classes = mc["num_classes"] or (clf_meta["model_config"]["num_classes"] if clf_meta else 1)
     info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
             "batching": denoiser.batching_for(env.device), "num_classes": classes,
