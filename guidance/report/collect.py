@@ -50,6 +50,7 @@ class Point:
     nfe: float | None = None               # per sample (all steps), as recorded by sampling
     classifier_forward: float | None = None
     classifier_backward: float | None = None
+    gflop: float | None = None             # per sample: Σ rows × measured FLOPs (None in records made before)
     desc: Description | None = None        # how the strategy wants the point shown (guiders' describe)
     info: dict = field(default_factory=dict)
     results: dict[str, dict] = field(default_factory=dict)  # extractor -> its metrics.json result
@@ -165,6 +166,7 @@ def _fill_from_info(p: Point, info: dict) -> None:
     p.nfe = _number(per_sample.get("nfe"))
     p.classifier_forward = _number(per_sample.get("classifier_forward"))
     p.classifier_backward = _number(per_sample.get("classifier_backward"))
+    p.gflop = _number(per_sample.get("gflop"))
 
 
 def _override_value(text: str):

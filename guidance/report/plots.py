@@ -271,33 +271,45 @@ def plot_is_vs_fid(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
+def cost_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(cost, fid) points no cheaper-or-equal point beats: the lowest FID at or below each cost, by cost."""
+    front, best = [], np.inf
+    for c, fid in sorted(points):
+        if fid < best:
+            front.append((c, fid))
+            best = fid
+    return front
+
+
 def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
-    """FID against the network evaluations each sample cost (counted while sampling), one marker set per curve,
-    and the frontier of points no other point beats on both (the strategies worth their cost)."""
+    """FID against what each sample cost, one marker set per curve, and the frontier (the lowest FID at or below
+    each cost: the strategies worth their cost). The cost is GFLOP/sample (Σ rows × measured FLOPs of each network
+    pass) when every point records it; records made before FLOPs were counted fall back to the counted network
+    evaluations (NFE), and the axis label says so."""
     fig, ax = plt.subplots(figsize=(7, 5))
     style, everything = styles(sweep), []
+    with_fid = [p for p in _with(sweep.points, "fid") if is_finite(p.nfe)]
+    flops = all(is_finite(p.gflop) for p in with_fid)  # (an empty plot is labelled in GFLOP)
+    cost = (lambda p: p.gflop) if flops else (lambda p: p.nfe)
     for key, pts in group_series(sweep.points).items():
         pts = [p for p in _with(pts, "fid") if is_finite(p.nfe)]
         if not pts:
             continue
         st = style[key]
-        ax.errorbar([p.nfe for p in pts], [p.value("fid") for p in pts], yerr=_spreads(pts, "fid"), ls="none",
+        ax.errorbar([cost(p) for p in pts], [p.value("fid") for p in pts], yerr=_spreads(pts, "fid"), ls="none",
                     capsize=2, alpha=0.85, color=st["color"], marker=st["marker"], ms=st["ms"], label=_label(key, pts))
-        everything += [(p.nfe, p.value("fid")) for p in pts]
+        everything += [(cost(p), p.value("fid")) for p in pts]
     if everything:
-        front, best = [], np.inf
-        for nfe, fid in sorted(everything):
-            if fid < best:
-                front.append((nfe, fid))
-                best = fid
-        ax.plot(*zip(*front), color="black", lw=2, alpha=0.3, drawstyle="steps-post", label="frontier")
+        ax.plot(*zip(*cost_front(everything)), color="black", lw=2, alpha=0.3, drawstyle="steps-post",
+                label="frontier")
         _legend(ax)
         fids = [f for _, f in everything if f > 0]
         if fids and max(fids) / min(fids) > 20:  # one broken curve must not flatten every other point
             ax.set_yscale("log")
     else:
         _empty(ax, "no points with FID and a counted cost")
-    ax.set_xlabel("network evaluations per sample (counted)")
+    ax.set_xlabel("GFLOP per sample (measured per network pass)" if flops else
+                  "network evaluations per sample (counted; these records predate FLOP counting)")
     ax.set_ylabel(axis_label("fid"))
     ax.set_title(f"FID vs cost — {sweep.name}")
     return _save(fig, path)

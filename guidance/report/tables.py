@@ -229,17 +229,25 @@ def _key_headers(t: Table) -> list[str]:
     return list(t.spec.key_headers) + (["Sampler"] if _by_sampler(t) else [])
 
 
+def _has_gflop(points) -> bool:
+    """GFLOP/sample is shown where some point records it (records made before FLOPs were counted have none)."""
+    return any(p.gflop is not None for p in points)
+
+
 def _cost_cells(t: Table, p: Point) -> list[str]:
     g = lambda x: DASH if x is None else f"{x:g}"
     cells = [g(p.nfe)]
     if t.spec.classifier_cost:
         cells.append(DASH if p.classifier_forward is None and p.classifier_backward is None
                      else f"{g(p.classifier_forward)}/{g(p.classifier_backward)}")
+    if _has_gflop(t.rows):
+        cells.append(DASH if p.gflop is None else f"{p.gflop:.4g}")
     return cells
 
 
 def _cost_headers(t: Table) -> list[str]:
-    return ["NFE/sample"] + (["Classifier fwd/bwd per sample"] if t.spec.classifier_cost else [])
+    return (["NFE/sample"] + (["Classifier fwd/bwd per sample"] if t.spec.classifier_cost else [])
+            + (["GFLOP/sample"] if _has_gflop(t.rows) else []))
 
 
 def _metric_cell(p: Point, col: Column, pm: str, bold) -> str:
@@ -338,12 +346,13 @@ def to_latex(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-def csv_columns(columns: list[Column]) -> list[str]:
+def csv_columns(columns: list[Column], gflop: bool = False) -> list[str]:
+    """`gflop`: a gflop_per_sample column (when some point records it)."""
     cols = ["table", "model", "strategy", "scale", "x", "series"]
     for c in columns:
         cols += [c.id, f"{c.id}_std", f"{c.id}_best"]
     return cols + ["nfe_per_sample", "classifier_forward_per_sample", "classifier_backward_per_sample",
-                   "num_samples", "seed", "sampler", "steps", "extractor", "weights_sha256", "status", "folder"]
+                   *(["gflop_per_sample"] if gflop else []), "num_samples", "seed", "sampler", "steps", "extractor", "weights_sha256", "status", "folder"]
 
 
 def to_csv(tables: list[Table], sweep: Sweep) -> str:
@@ -356,7 +365,8 @@ def to_csv(tables: list[Table], sweep: Sweep) -> str:
     """
     buf = io.StringIO()
     columns = sweep_columns(sweep)
-    w = csv.DictWriter(buf, fieldnames=csv_columns(columns), lineterminator="\n")
+    gflop = _has_gflop(p for t in tables for p in t.rows)
+    w = csv.DictWriter(buf, fieldnames=csv_columns(columns, gflop), lineterminator="\n")
     w.writeheader()
     e = lambda x: "" if x is None else x
     for t in tables:
@@ -368,6 +378,8 @@ def to_csv(tables: list[Table], sweep: Sweep) -> str:
                        classifier_backward_per_sample=e(p.classifier_backward), num_samples=e(p.num_samples),
                        seed=e(p.seed), sampler=e(p.sampler), steps=e(p.steps), extractor=e(p.metrics.get("extractor")),
                        weights_sha256=e(p.metrics.get("weights_sha256")), status=p.status, folder=p.name)
+            if gflop:
+                row["gflop_per_sample"] = e(p.gflop)
             for c in columns:
                 row[c.id], row[f"{c.id}_std"] = e(c.value(p)), e(c.spread(p))
                 row[f"{c.id}_best"] = "best" if t.best.get(c.id) == i else ""

@@ -8,6 +8,8 @@ The guider lists the predictions it needs at this step (`Eval`: a denoising netw
 batch (or, with batching="split", one forward per request; "auto" follows the measured per-device policy of
 guidance.sampling.runtime), under the Runtime's precision, layout and compilation, hands the named predictions (in
 x's dtype, whatever the autocast) to the guider's `combine`, clips x̂0 if asked, and counts every network row and classifier pass as it happens.
+With measure_flops (run_sample's), the first time it runs a pass it measures that pass's FLOPs per row on one image (guidance.sampling.flops), so the
+cost per sample is Σ rows × FLOPs (guidance.engine.cost).
 Samplers see only the result, so any guider works with any sampler.
 """
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from guidance.engine import ClassifierGrad, Eval, Labels, Prediction, Step, cost_per_sample
 from guidance.errors import GuidanceError
+from guidance.sampling.flops import forward_flops, gradient_flops, perturbed_flops
 from guidance.sampling.runtime import Runtime, auto_policy
 
 STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
@@ -29,12 +32,14 @@ class GuidedDenoiser:
     """networks: name -> module. Denoising networks take (x, t, labels) and return ε (or [ε, v] with a learned
     variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class (None: an
     unconditional U-Net, asked with no labels); `null_trained=False`: a class-conditional U-Net that never trained
-    that class (ADM's releases), so passes at the null label are refused."""
+    that class (ADM's releases), so passes at the null label are refused. `measure_flops`: measure each pass's FLOPs
+    at its first run (one extra one-image forward, or forward + backward, per kind of pass; run_sample turns it on)
+    so cost_per_sample() also says GFLOP/sample."""
 
     BATCHING = ("auto", "stacked", "split")
 
     def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int | None, batching: str = "auto",
-                 runtime: Runtime | None = None, null_trained: bool = True):
+                 runtime: Runtime | None = None, null_trained: bool = True, measure_flops: bool = False):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
@@ -46,7 +51,9 @@ class GuidedDenoiser:
         self.null_trained = bool(null_trained)
         self.batching, self.runtime = batching, runtime or Runtime()
         self.fast = {name: self.runtime.prepare(net) for name, net in networks.items() if net is not None}
-        self.counts: Counter = Counter()  # rows through each network, classifier forward/backward rows
+        self.counts: Counter = Counter()  # rows through each network (perturbed ones also under
+        #                                  "<network>+<perturbation>"), classifier forward/backward rows
+        self.flops: dict[str, int] | None = {} if measure_flops else None  # FLOPs per row of each pass
         self.images = 0                   # chains started, to report cost per sample
         self.draws = None                 # the chain's strategy stream (reset)
 
@@ -106,6 +113,7 @@ class GuidedDenoiser:
             if perturb is None:
                 preds.update(self.evaluate(name, evals, x, y, step))
             else:
+                self.measure(f"{name}+{type(perturb).__name__}", name, x, y, step, perturb)
                 with perturb.applied(self.networks[name], self):
                     preds.update(self.evaluate(name, evals, x, y, step, perturbed=True))
         pred = self.guider.combine(preds, x, step)
@@ -129,6 +137,10 @@ class GuidedDenoiser:
                 out = net(torch.cat([x] * k), torch.cat([t] * k), torch.cat(labels))
         out = out.to(x.dtype)  # under autocast: the guider's and the sampler's math stays in x's precision
         self.counts[network] += k * len(x)
+        if perturbed:
+            self.counts[f"{network}+{type(evals[0].perturb).__name__}"] += k * len(x)
+        else:
+            self.measure(network, network, x, y, step)
         preds = {}
         for e, chunk in zip(evals, out.chunk(k)):
             var_v = chunk[:, c:] if chunk.shape[1] > c else None  # learned variance channels, if any
@@ -140,6 +152,9 @@ class GuidedDenoiser:
         classifier = self.fast[r.network]
         labels = self.labels(r.labels, y)
         t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
+        if self.flops is not None and f"{r.network}_forward" not in self.flops:
+            self.flops[f"{r.network}_forward"], self.flops[f"{r.network}_backward"] = gradient_flops(
+                self.networks[r.network], x[:1], t[:1], labels[:1])
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             with self.runtime.autocast(x.device):
@@ -151,6 +166,18 @@ class GuidedDenoiser:
             self.counts[f"{r.network}_backward"] += len(x)
         return grad
 
+    def measure(self, key: str, name: str, x, y, step: Step, perturb=None) -> None:
+        """FLOPs per row of the pass `key` of network `name`, measured once, on the first image, on the eager
+        network. The labels' values cost no FLOPs (an embedding lookup): the image's own label stands for any
+        (no draw from a chain's stream)."""
+        if self.flops is None or key in self.flops:
+            return
+        network = self.networks[name]
+        t = torch.full((1,), step.t, dtype=torch.long, device=x.device)
+        labels = None if self.null_label is None else y[:1]
+        self.flops[key] = (forward_flops(network, x[:1], t, labels) if perturb is None
+                           else perturbed_flops(network, perturb, x[:1], t, labels))
+
     def cost_per_sample(self) -> dict[str, float]:
-        return cost_per_sample(self.counts, self.images)
+        return cost_per_sample(self.counts, self.images, self.flops)
 

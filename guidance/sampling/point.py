@@ -141,7 +141,7 @@ def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
               "precision=fp32, or bf16 on CPUs with AMX/AVX512-bf16")
     null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,
-                              null_trained=null_trained)
+                              null_trained=null_trained, measure_flops=True)
     classes = mc["num_classes"] or (clf_meta["model_config"]["num_classes"] if clf_meta else 1)
     info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
             "batching": denoiser.batching_for(env.device), "num_classes": classes,
@@ -164,7 +164,8 @@ def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
     distributed.barrier()
     npz = out_dir / "samples.npz"
     if env.is_main:
-        finish_point(cfg, out_dir, parts, info, t0, env, f"{guider!r}, {sampler.label}, {sampler.steps} steps")
+        finish_point(cfg, out_dir, parts, info, t0, env, f"{guider!r}, {sampler.label}, {sampler.steps} steps",
+                     denoiser.flops)
     distributed.barrier()
     return npz
 
@@ -193,16 +194,19 @@ def point_info(cfg, guider, sampler, mc, unet_meta, clf_meta) -> dict:
             "weak_ckpt": unet_meta.get("weak")}
 
 
-def finish_point(cfg, out_dir: Path, parts: Path, info: dict, t0: float, env, what: str) -> Path:
-    """Rank 0: merge the batches in index order, write the point (npz, grid, info last), drop the parts."""
+def finish_point(cfg, out_dir: Path, parts: Path, info: dict, t0: float, env, what: str, flops: dict) -> Path:
+    """Rank 0: merge the batches in index order, write the point (npz, grid, info last), drop the parts.
+    `flops`: FLOPs per row of each pass, measured by the denoiser (recorded as flops_per_pass)."""
     images, labels, counts = merge_parts(parts, int(cfg.num_samples), int(cfg.batch_size))
-    info = {**info, "cost_per_sample": cost_per_sample(counts, counts.get("images", 0)),
+    info = {**info, "cost_per_sample": cost_per_sample(counts, counts.get("images", 0), flops),
+            "flops_per_pass": dict(sorted(flops.items())),
             "wall_time_s": round(time.time() - t0, 3), "device": str(env.device), "processes": env.world_size}
     npz = save_samples(out_dir, images, labels, info)
     shutil.rmtree(parts, ignore_errors=True)
     log_run(cfg, out_dir, info)
-    print(f"wrote {npz} ({len(images)} samples, {what}, {info['cost_per_sample']['nfe']:g} NFE/sample, "
-          f"{info['wall_time_s']}s)")
+    gflop = info["cost_per_sample"].get("gflop")
+    print(f"wrote {npz} ({len(images)} samples, {what}, {info['cost_per_sample']['nfe']:g} NFE/sample"
+          f"{'' if gflop is None else f', {gflop:.4g} GFLOP/sample'}, {info['wall_time_s']}s)")
     return npz
 
 
