@@ -300,8 +300,9 @@ def plot_fid_vs_nfe(sweep: Sweep, path: Path) -> Path:
                     capsize=2, alpha=0.85, color=st["color"], marker=st["marker"], ms=st["ms"], label=_label(key, pts))
         everything += [(cost(p), p.value("fid")) for p in pts]
     if everything:
-        ax.plot(*zip(*cost_front(everything)), color="black", lw=2, alpha=0.3, drawstyle="steps-post",
-                label="frontier")
+        front = cost_front(everything)
+        front.append((max(c for c, _ in everything), front[-1][1]))  # drawn to the costliest point: a step line
+        ax.plot(*zip(*front), color="black", lw=2, alpha=0.3, drawstyle="steps-post", label="frontier")
         _legend(ax)
         fids = [f for _, f in everything if f > 0]
         if fids and max(fids) / min(fids) > 20:  # one broken curve must not flatten every other point
