@@ -9,7 +9,6 @@ import fcntl
 import hashlib
 import io
 import json
-import errno
 import os
 import shutil
 import socket

@@ -13,7 +13,6 @@ from guidance.guiders import (AdaptiveProjectedMixGuidance, ClassifierFreeGuidan
                               MagnitudeAwareGuidance, SkipLayerGuidance, SmoothedEnergyGuidance, TangentialCFG)
 from guidance.guiders.fdg import from_pyramid, laplacian_pyramid, pyr_down, pyr_up
 from guidance.guiders.seg import BlurredQuery, blur_query
-from guidance.guiders.slg import SkipLayers
 from guidance.guiders.spaces import from_space, to_space
 from guidance.nn import UNet
 from guidance.engine import Prediction, Step

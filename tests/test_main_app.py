@@ -90,10 +90,10 @@ def test_strategy_comparison_sweep_runs_end_to_end(fake_fashion_mnist, tmp_path)
     import yaml
 
     from guidance.config import CONF_DIR
-    from guidance.guiders import GUIDERS
+    from guidance.guiders import GUIDERS, PRESETS
 
     preset = yaml.safe_load(open(f"{CONF_DIR}/experiment/strategy_compare.yaml"))["study"]["sweep"]
-    assert {e["guidance"] for e in preset} == set(GUIDERS) - {"cfg_classifier"}  # every strategy of issue 10
+    assert {e["guidance"] for e in preset} == (set(GUIDERS) | set(PRESETS)) - {"cfg_classifier"}  # every strategy
     weak = tmp_path / "study" / "train" / "unet.pt"  # the study's own U-Net stands in for the weak one
     res = _run_main(tmp_path, fake_fashion_mnist.root, "experiment=strategy_compare", "study.num_samples=10",
                     "study.batch_size=10", "study.respacing=ddim2", f"study.weak_ckpt={weak}")

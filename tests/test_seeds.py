@@ -58,7 +58,6 @@ def test_a_unet_at_another_batch_size_same_draws_and_images_to_float_rounding():
     """The README's condition, checked on a real (tiny) U-Net under the CPU default layout (channels_last): labels
     and noise are bitwise the same at batch 4 and 12, the images only to float rounding (CPU kernels block by the
     batch shape), so at most one uint8 level apart; at the same batch size and thread count, bitwise."""
-    from guidance.data import to_uint8
     from guidance.nn import UNet
     from guidance.sampling.generate import sample_batch
     from guidance.sampling.runtime import Runtime

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from guidance.errors import GuidanceError, check_scale
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
-from guidance.guiders.slg import _Hooks
+from guidance.guiders.base import Description, Eval, Guider, TableSpec, fmt, model_of
+from guidance.guiders.slg import _Hooks, cfg_plus_perturbed
 
 TABLE = TableSpec("seg", "Smoothed energy guidance (Hong 2024)", ("Model", "s", "w", "σ", "Blocks"), order=62,
                   baseline_models=("unconditional", "conditional"), baseline_cells=("{model}", "0", "0", "–", "–"))
@@ -102,13 +102,7 @@ class SmoothedEnergyGuidance(Guider):
         return reqs
 
     def combine(self, preds, x, step):
-        model = preds["model"]
-        eps = model.eps
-        if "uncond" in preds:
-            eps = extrapolate(model.eps, preds["uncond"].eps, self.cfg_at(step))
-        if "seg" in preds:  # the second term of the sum, its difference taken from the model's ε
-            eps = eps + self.scale_at(step) * (model.eps - preds["seg"].eps)
-        return Prediction.from_eps(x, step, eps, model.var_v) if len(preds) > 1 else model
+        return cfg_plus_perturbed(preds, x, step, self.cfg_at(step), self.scale_at(step), "seg")
 
     def info(self):
         return {**super().info(), "cfg_scale": self.cfg_scale, "blur_sigma": self.blur_sigma,

@@ -111,13 +111,7 @@ class SkipLayerGuidance(Guider):
         return reqs
 
     def combine(self, preds, x, step):
-        model = preds["model"]
-        eps = model.eps
-        if "uncond" in preds:
-            eps = extrapolate(model.eps, preds["uncond"].eps, self.cfg_at(step))
-        if "skip" in preds:  # the second term of the sum, its difference taken from the model's ε
-            eps = eps + self.scale_at(step) * (model.eps - preds["skip"].eps)
-        return Prediction.from_eps(x, step, eps, model.var_v) if len(preds) > 1 else model
+        return cfg_plus_perturbed(preds, x, step, self.cfg_at(step), self.scale_at(step), "skip")
 
     def info(self):
         return {**super().info(), "cfg_scale": self.cfg_scale, "blocks": list(self.blocks), "start": self.start,
@@ -131,3 +125,15 @@ class SkipLayerGuidance(Guider):
         return Description(TABLE, (model, fmt(s), fmt(w), blocks, window), (s if s is not None else float("inf"),),
                            series=f"slg ({model}, w={fmt(w)}, {blocks})", x=s, x_symbol="s",
                            unguided=(s == 0 or blocks == "none") and not w)
+
+
+def cfg_plus_perturbed(preds, x, step, w, s, perturbed: str):
+    """ε = ε_m + w (ε_m − ε_null) + s (ε_m − ε_perturbed), the sum SLG and SEG share (diffusers' form): the CFG
+    part where the null pass ran, and the perturbed term with its difference taken from the model's ε."""
+    model = preds["model"]
+    eps = model.eps
+    if "uncond" in preds:
+        eps = extrapolate(model.eps, preds["uncond"].eps, w)
+    if perturbed in preds:
+        eps = eps + s * (model.eps - preds[perturbed].eps)
+    return Prediction.from_eps(x, step, eps, model.var_v) if len(preds) > 1 else model
