@@ -84,6 +84,7 @@ def test_shipped_snapshots_are_not_reused_for_another_architecture(fake_fashion_
     assert last.startswith("error: ") and "model_channels: 32 -> 64" in last and "pretrained_dir=null" in last
 
 
+@pytest.mark.slow  # 75 s: every strategy through guidance-main (the engine matrix covers each in seconds)
 def test_strategy_comparison_sweep_runs_end_to_end(fake_fashion_mnist, tmp_path):
     """experiment=strategy_compare on the debug model: every strategy of the preset samples and is evaluated,
     and the report holds the matched-cost table with one row per curve and the FID-vs-NFE plot."""
