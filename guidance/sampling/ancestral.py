@@ -21,20 +21,11 @@ from dataclasses import replace
 from tqdm.auto import tqdm
 
 from guidance.engine import Step
-from guidance.sampling.sigma import SigmaSampler, ancestral_split, check_eta
+from guidance.sampling.sigma import StochasticSigmaSampler, ancestral_split
 
 
-class EulerAncestralSampler(SigmaSampler):
+class EulerAncestralSampler(StochasticSigmaSampler):
     name = "euler_ancestral"
-
-    def __init__(self, diffusion, respacing="edm20", clip_denoised: bool = True, eta: float = 1.0,
-                 s_noise: float = 1.0, **grid):
-        super().__init__(diffusion, respacing, clip_denoised, **grid)
-        self.eta, self.s_noise = check_eta(self.name, eta, s_noise)
-        self.label = f"{self.name} eta={self.eta:g}"
-
-    def info(self):
-        return {**super().info(), "eta": self.eta, "s_noise": self.s_noise}
 
     def run(self, denoiser, x, y, rng, progress):
         x = self.prior(x)

@@ -20,21 +20,12 @@ import math
 
 from tqdm.auto import tqdm
 
-from guidance.sampling.sigma import SigmaSampler, check_eta
+from guidance.sampling.sigma import StochasticSigmaSampler
 
 
-class DPMSolverPP2MSDESampler(SigmaSampler):
+class DPMSolverPP2MSDESampler(StochasticSigmaSampler):
     name = "dpmpp_2m_sde"
     order = 2
-
-    def __init__(self, diffusion, respacing="edm20", clip_denoised: bool = True, eta: float = 1.0,
-                 s_noise: float = 1.0, **grid):
-        super().__init__(diffusion, respacing, clip_denoised, **grid)
-        self.eta, self.s_noise = check_eta(self.name, eta, s_noise)
-        self.label = f"{self.name} eta={self.eta:g}"
-
-    def info(self):
-        return {**super().info(), "eta": self.eta, "s_noise": self.s_noise}
 
     def correction(self, D, hs, H):
         """The multistep term from the x̂0 history D (newest first) and step sizes hs (current first)."""

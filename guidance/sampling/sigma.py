@@ -59,3 +59,16 @@ def check_eta(name: str, eta, s_noise) -> tuple[float, float]:
         raise GuidanceError(f"{name}: eta must be in [0, 1] (0: the ODE, 1: the full SDE) and s_noise >= 0, "
                             f"got eta={eta}, s_noise={s_noise}")
     return eta, s_noise
+
+
+class StochasticSigmaSampler(SigmaSampler):
+    """A σ-sampler with k-diffusion's noise knobs: eta (0: the ODE, 1: the full SDE) and s_noise."""
+
+    def __init__(self, diffusion, respacing="edm20", clip_denoised: bool = True, eta: float = 1.0,
+                 s_noise: float = 1.0, **grid):
+        super().__init__(diffusion, respacing, clip_denoised, **grid)
+        self.eta, self.s_noise = check_eta(self.name, eta, s_noise)
+        self.label = f"{self.name} eta={self.eta:g}"
+
+    def info(self):
+        return {**super().info(), "eta": self.eta, "s_noise": self.s_noise}
