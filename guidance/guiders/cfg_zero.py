@@ -23,6 +23,7 @@ from guidance.errors import GuidanceError
 from guidance.guiders.apg import per_image_dot
 from guidance.guiders.base import Description, Prediction, TableSpec, extrapolate, fmt
 from guidance.guiders.cfg import ClassifierFreeGuidance
+from guidance.guiders.spaces import from_velocity
 
 TABLE = TableSpec("cfg_zero", "CFG-Zero* (Fan et al. 2025)", ("w", "Zeroed steps", "Space"), order=28,
                   baseline_models=("conditional",), baseline_cells=("0", "0", "–"))
@@ -60,9 +61,7 @@ class CFGZeroStar(ClassifierFreeGuidance):
     def from_output(self, out: torch.Tensor, x, step, var_v) -> Prediction:
         if self.space == "eps":
             return Prediction.from_eps(x, step, out, var_v)
-        tau = step.sigma / (1 + step.sigma)
-        x_f = x / (step.alpha_bar ** 0.5 * (1 + step.sigma))
-        return Prediction.from_eps(x, step, x_f + (1 - tau) * out, var_v)  # its x̂0 is x_f − τ v
+        return from_velocity(out, x, step, var_v)  # ε = x_f + (1 − τ) v, x̂0 = x_f − τ v
 
     def combine(self, preds, x, step):
         if self.zeroed(step):

@@ -39,6 +39,13 @@ def from_space(out: torch.Tensor, x, step, space: str, var_v=None) -> Prediction
         return Prediction.from_eps(x, step, out, var_v)
     if space == "x0":
         return Prediction.from_x0(x, step, out, var_v)
-    tau = step.sigma / (1 + step.sigma)
-    x_f = x / (step.alpha_bar ** 0.5 * (1 + step.sigma))
-    return Prediction.from_eps(x, step, x_f + (1 - tau) * out, var_v)
+    return from_velocity(out, x, step, var_v)
+
+
+def from_velocity(v: torch.Tensor, x, step, var_v=None) -> Prediction:
+    """The prediction whose flow velocity is v: ε = x_f + (1 − τ) v, x̂0 = x_f − τ v (x_f = step.to_flow(x)).
+    At σ = ∞ (τ = 1) x̂0 = x_f − v is taken directly: ε = x_t there determines no x̂0."""
+    tau, x_f = step.tau, step.to_flow(x)
+    if step.alpha_bar == 0:
+        return Prediction(x_f + (1 - tau) * v, x_f - tau * v, var_v)
+    return Prediction.from_eps(x, step, x_f + (1 - tau) * v, var_v)

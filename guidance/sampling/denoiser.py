@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from guidance.engine import ClassifierGrad, Eval, Labels, Prediction, Step, cost_per_sample
+from guidance.engine.model import DenoisingModel, as_model
 from guidance.errors import GuidanceError
 from guidance.sampling.flops import forward_flops, gradient_flops, perturbed_flops
 from guidance.sampling.runtime import Runtime, auto_policy
@@ -28,24 +29,32 @@ from guidance.sampling.runtime import Runtime, auto_policy
 STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
 
 
+FROM_MODEL = object()  # null_label / null_trained: as the U-Net's DenoisingModel declares them
+
+
 class GuidedDenoiser:
-    """networks: name -> module. Denoising networks take (x, t, labels) and return ε (or [ε, v] with a learned
-    variance); classifiers take (x, t) and return logits. `null_label` is the U-Net's label-dropout class (None: an
-    unconditional U-Net, asked with no labels); `null_trained=False`: a class-conditional U-Net that never trained
-    that class (ADM's releases), so passes at the null label are refused. `measure_flops`: measure each pass's FLOPs
+    """networks: name -> module or DenoisingModel (guidance.engine.model). A denoising network given as a bare
+    module is the ε-prediction network on integer timesteps (x, t, labels) -> ε (or [ε, v] with a learned
+    variance); a DenoisingModel says its own parameterization and noise input. Classifiers take (x, t) and return
+    logits. `null_label` is the U-Net's label-dropout class (None: an unconditional U-Net, asked with no labels);
+    `null_trained=False`: a class-conditional U-Net that never trained that class (ADM's releases), so passes at the
+    null label are refused. Both default to what the U-Net's DenoisingModel declares. `measure_flops`: measure each pass's FLOPs
     at its first run (one extra one-image forward, or forward + backward, per kind of pass; run_sample turns it on)
     so cost_per_sample() also says GFLOP/sample."""
 
     BATCHING = ("auto", "stacked", "split")
 
-    def __init__(self, guider, networks: dict[str, torch.nn.Module], null_label: int | None, batching: str = "auto",
-                 runtime: Runtime | None = None, null_trained: bool = True, measure_flops: bool = False):
+    def __init__(self, guider, networks: dict, null_label=FROM_MODEL, batching: str = "auto",
+                 runtime: Runtime | None = None, null_trained=FROM_MODEL, measure_flops: bool = False):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
         if missing:
             raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
                                 f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
+        null_label, null_trained = self.conditioning(networks.get("unet"), null_label, null_trained)
+        self.models = {n: v for n, v in networks.items() if isinstance(v, DenoisingModel)}
+        networks = {n: v.network if isinstance(v, DenoisingModel) else v for n, v in networks.items()}
         self.guider, self.networks = guider, networks
         self.null_label = None if null_label is None else int(null_label)
         self.null_trained = bool(null_trained)
@@ -56,6 +65,28 @@ class GuidedDenoiser:
         self.flops: dict[str, int] | None = {} if measure_flops else None  # FLOPs per row of each pass
         self.images = 0                   # chains started, to report cost per sample
         self.draws = None                 # the chain's strategy stream (reset)
+
+    @staticmethod
+    def conditioning(unet, null_label, null_trained):
+        """(null_label, null_trained): given, or the U-Net's DenoisingModel's; given and declared must agree."""
+        declared = isinstance(unet, DenoisingModel)
+        if null_label is FROM_MODEL:
+            if not declared:
+                raise GuidanceError("pass null_label= (the U-Net's null class, None for an unconditional U-Net) or "
+                                    "give the U-Net as a DenoisingModel that declares it")
+            null_label = unet.null_label
+        elif declared and unet.null_label != (None if null_label is None else int(null_label)):
+            raise GuidanceError(f"null_label={null_label} disagrees with the U-Net's DenoisingModel "
+                                f"(null_label={unet.null_label}); pass one of them")
+        if null_trained is FROM_MODEL:
+            null_trained = unet.null_trained if declared else True
+        return null_label, null_trained
+
+    def model(self, name: str) -> DenoisingModel:
+        """The adapter of denoising network `name` (a bare module: ε on integer timesteps)."""
+        if name not in self.models:
+            self.models[name] = as_model(self.networks[name], null_label=self.null_label)
+        return self.models[name]
 
     def reset(self, batch_size: int, rng=None) -> None:
         """Start of a chain (a batch of images): the guider drops its per-chain state; `rng` (the chain's
@@ -126,15 +157,15 @@ class GuidedDenoiser:
                  ) -> dict[str, Prediction]:
         """One forward of `network` over every requested label set, split back into named predictions. Perturbed
         passes run the eager module (hooks and flags never meet torch.compile)."""
-        k, c = len(evals), x.shape[1]
+        k, model = len(evals), self.model(network)
         net = self.networks[network] if perturbed else self.fast[network]
-        t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
+        x_in, t = model.network_input(x, step), model.noise_level(step, len(x), x.device)
         labels = [self.model_labels(e.labels, y) for e in evals]
         with self.runtime.autocast(x.device):
             if k == 1 or self.batching_for(x.device) == "split":
-                out = torch.cat([net(x, t, ys) for ys in labels])
+                out = torch.cat([net(x_in, t, ys) for ys in labels])
             else:
-                out = net(torch.cat([x] * k), torch.cat([t] * k), torch.cat(labels))
+                out = net(torch.cat([x_in] * k), torch.cat([t] * k), torch.cat(labels))
         out = out.to(x.dtype)  # under autocast: the guider's and the sampler's math stays in x's precision
         self.counts[network] += k * len(x)
         if perturbed:
@@ -143,14 +174,16 @@ class GuidedDenoiser:
             self.measure(network, network, x, y, step)
         preds = {}
         for e, chunk in zip(evals, out.chunk(k)):
-            var_v = chunk[:, c:] if chunk.shape[1] > c else None  # learned variance channels, if any
-            preds[e.name] = Prediction.from_eps(x, step, chunk[:, :c], var_v)
+            preds[e.name] = model.prediction(x, step, chunk)  # ε and x̂0 from the model's parameterization
         return preds
 
     def classifier_grad(self, r: ClassifierGrad, x, y, step: Step) -> torch.Tensor:
         """Summing the selected log-probs gives each image its own gradient (eval mode: images independent)."""
         classifier = self.fast[r.network]
         labels = self.labels(r.labels, y)
+        if step.t is None:
+            raise GuidanceError(f"guidance={self.guider.name} needs a noise-aware classifier on the model's trained "
+                                f"timesteps, but this model's noise levels are continuous (σ = {step.sigma:g})")
         t = torch.full((len(x),), step.t, dtype=torch.long, device=x.device)
         if self.flops is not None and f"{r.network}_forward" not in self.flops:
             self.flops[f"{r.network}_forward"], self.flops[f"{r.network}_backward"] = gradient_flops(
@@ -172,11 +205,11 @@ class GuidedDenoiser:
         (no draw from a chain's stream)."""
         if self.flops is None or key in self.flops:
             return
-        network = self.networks[name]
-        t = torch.full((1,), step.t, dtype=torch.long, device=x.device)
+        network, model = self.networks[name], self.model(name)
+        x_in, t = model.network_input(x[:1], step), model.noise_level(step, 1, x.device)
         labels = None if self.null_label is None else y[:1]
-        self.flops[key] = (forward_flops(network, x[:1], t, labels) if perturb is None
-                           else perturbed_flops(network, perturb, x[:1], t, labels))
+        self.flops[key] = (forward_flops(network, x_in, t, labels) if perturb is None
+                           else perturbed_flops(network, perturb, x_in, t, labels))
 
     def cost_per_sample(self) -> dict[str, float]:
         return cost_per_sample(self.counts, self.images, self.flops)

@@ -24,6 +24,7 @@ class DPMSolverPP2MSampler(Sampler):
 
     def __init__(self, diffusion, respacing="ddim20", clip_denoised: bool = True, **grid):
         super().__init__(diffusion, respacing, clip_denoised, **grid)
+        self.check_finite_start()
 
     def run(self, denoiser, x, y, rng, progress):
         x = x * math.sqrt(1.0 + self.step_at(0).sigma ** 2)  # VP prior N(0, I) in the scaled variable

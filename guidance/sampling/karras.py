@@ -32,6 +32,7 @@ class EulerSampler(Sampler):
     def __init__(self, diffusion, respacing="edm18", clip_denoised: bool = True, s_churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0, **grid):
         super().__init__(diffusion, respacing, clip_denoised, **grid)
+        self.check_finite_start()
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = map(float, (s_churn, s_tmin, s_tmax, s_noise))
         if self.s_churn < 0 or self.s_noise <= 0:
             raise GuidanceError(f"{self.name}: s_churn must be >= 0 and s_noise > 0, got {s_churn}, {s_noise}")
@@ -60,7 +61,7 @@ class EulerSampler(Sampler):
             return step
         gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1)
         hat = self.snapped_step(step.sigma * (1 + gamma), i)
-        return replace(hat, grid_sigma=step.sigma) if hat.t > step.t else step
+        return replace(hat, grid_sigma=step.sigma) if hat.sigma > step.sigma else step
 
     def second(self, i: int) -> Step:
         """Heun's second evaluation of step i: at σ_{i+1}, belonging to step i."""

@@ -24,6 +24,7 @@ class SigmaSampler(Sampler):
 
     def __init__(self, diffusion, respacing="edm20", clip_denoised: bool = True, **grid):
         super().__init__(diffusion, respacing, clip_denoised, **grid)
+        self.check_finite_start()
 
     def sigma(self, i: int) -> float:
         """σ_i of the chain, with σ_n = 0 after the last step."""
