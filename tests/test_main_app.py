@@ -199,3 +199,23 @@ def test_a_sweep_entry_may_name_its_own_sampler_and_an_unknown_one_is_one_line()
         bad = compose("main", overrides=["study.sweep=[{guidance: cfg, scales: [1], sampler: dpm3}]"])
         with pytest.raises(GuidanceError, match="unknown sampler 'dpm3'"):
             sweep_points(bad)
+
+
+def test_budget_preset_gives_every_strategy_points_at_the_same_budgets():
+    """experiment=budget_compare_cpu (issue 22): each strategy has points at about 10 and 20 U-Net passes per
+    sample (CFG two passes per step), so the report's budget table compares them at equal cost."""
+    from hydra import compose, initialize_config_dir
+
+    from guidance.config import CONF_DIR
+    from guidance.study import sweep_points
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        points = sweep_points(compose("main", overrides=["experiment=budget_compare_cpu"]))
+    unet_passes = {"none": 1, "cfg": 2, "classifier": 1}
+    budgets = {}
+    for p in points:
+        if p["guidance"] in unet_passes:
+            steps = int(p["respacing"].removeprefix("ddim"))
+            budgets.setdefault(p["guidance"], set()).add(steps * unet_passes[p["guidance"]])
+    assert all({10, 20} <= b for b in budgets.values()) and budgets["none"] == {10, 20, 40}
+    assert len(points) == 19 and {p["sampler"] for p in points} == {"dpmpp_2m"}
