@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def _run_main(tmp_path, root, *extra):
 def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, tmp_path):
     first = _run_main(tmp_path, fake_fashion_mnist.root)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert re.search(r"\[estimate\] sampling 3 points will take about \d+ min on this machine", first.stdout + first.stderr)
     study = tmp_path / "study"
     assert (study / "train" / "unet.pt").is_file() and (study / "train" / "classifier.pt").is_file()
     # the evaluator's path names its training length (issue 11: a debug evaluator never serves another study)
@@ -42,6 +44,7 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     assert again.returncode == 0, again.stderr[-2000:]
     out = again.stdout + again.stderr
     assert "3 of 3 points were already evaluated with these settings" in out and "[evaluator] reusing" in out
+    assert "[estimate]" not in out  # every point's samples are there: nothing to estimate
     assert stamps == {p: (study / "sweep" / p / "samples.npz").stat().st_mtime_ns for p in points}
 
     # Changed sampling settings must not reuse stale points: new samples, new metrics.
