@@ -252,6 +252,19 @@ def test_flow_grid_equals_diffusers(shift):
         assert abs(plain[-1] / (1 + plain[-1]) - scheduler.sigmas[-2].item()) > 1e-4
 
 
+def test_flow_grid_equals_diffusers_dynamic_shift():
+    """Flux-style resolution-dependent shifting (use_dynamic_shifting, set_timesteps(mu=μ), exponential): diffusers
+    leaves its training range unshifted and maps τ -> e^μ / (e^μ + 1/τ − 1), SD3's shift with s = e^μ: our grid
+    with shift = e^μ, t_min = 1/1000 and shift_t_min = false."""
+    schedulers = pytest.importorskip("diffusers.schedulers")
+    scheduler = schedulers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, use_dynamic_shifting=True)
+    mu = 0.8
+    scheduler.set_timesteps(10, mu=mu)
+    s = FlowEulerSampler(LEVELS, "flow10", shift=math.exp(mu), t_min=0.001)
+    tau = [s.step_at(i).tau for i in range(s.steps)] + [0.0]
+    np.testing.assert_allclose(tau, scheduler.sigmas.double().numpy(), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 @pytest.mark.parametrize("w", [0.0, 1.5])
 def test_flow_euler_equals_diffusers_flow_match_euler(shift, w):
