@@ -10,7 +10,8 @@ are first clamped to the model's own range [σ(0), σ(T−1)], then the grid is 
 grid), then SD3's shift τ' = s τ / (1 + (s − 1) τ) (Esser et al. 2024, eq. 23), as σ_i = τ_i / (1 − τ_i) (σ = ∞ at
 τ = 1: pure noise, a flow model's start). diffusers' FlowMatchEulerDiscreteScheduler (set_timesteps) runs its
 linspace from its own shifted training range, 1 to shift(1/T), and shifts that grid again: t_min = 1/T with
-`shift_t_min` (the end point shifted before the linspace) is its grid exactly (T = num_train_timesteps, 1000).
+`shift_t_min` (the end point shifted before the linspace) is its grid exactly (T = num_train_timesteps, 1000);
+its Flux-style dynamic shifting (set_timesteps(mu=μ), exponential) is shift = e^μ with t_min = 1/T, unshifted.
 
 On a model with CONTINUOUS noise levels (guidance.engine.model.ContinuousLevels) an edmN or flowN grid is used
 exactly (σ_min/σ_max clamped to the model's range, as EDM); ADM's specs name trained timesteps and are refused.
