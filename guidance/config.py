@@ -28,12 +28,19 @@ def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
 
 def build(node, **kwargs):
     """hydra.utils.instantiate, but a GuidanceError from the constructor stays a one-line GuidanceError (Hydra
-    wraps it in a multi-line InstantiationException)."""
+    wraps it in a multi-line InstantiationException). A dataclass instance among the keyword arguments (a
+    sampler's ContinuousLevels) is handed to the constructor as it is: Hydra would turn it into a config node."""
+    import dataclasses
+
     from hydra.utils import instantiate
 
     from guidance.errors import GuidanceError
 
+    objects = {k: v for k, v in kwargs.items() if dataclasses.is_dataclass(v) and not isinstance(v, type)}
+    kwargs = {k: v for k, v in kwargs.items() if k not in objects}
     try:
+        if objects:
+            return instantiate(node, _partial_=True, **kwargs)(**objects)
         return instantiate(node, **kwargs)
     except Exception as e:
         cause = e

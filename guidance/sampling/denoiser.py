@@ -160,12 +160,13 @@ class GuidedDenoiser:
         k, model = len(evals), self.model(network)
         net = self.networks[network] if perturbed else self.fast[network]
         x_in, t = model.network_input(x, step), model.noise_level(step, len(x), x.device)
-        labels = [self.model_labels(e.labels, y) for e in evals]
+        unconditional = self.label_free(network)
+        labels = [None if unconditional else self.model_labels(e.labels, y) for e in evals]
         with self.runtime.autocast(x.device):
             if k == 1 or self.batching_for(x.device) == "split":
                 out = torch.cat([net(x_in, t, ys) for ys in labels])
             else:
-                out = net(torch.cat([x_in] * k), torch.cat([t] * k), torch.cat(labels))
+                out = net(torch.cat([x_in] * k), torch.cat([t] * k), None if unconditional else torch.cat(labels))
         out = out.to(x.dtype)  # under autocast: the guider's and the sampler's math stays in x's precision
         self.counts[network] += k * len(x)
         if perturbed:
@@ -176,6 +177,11 @@ class GuidedDenoiser:
         for e, chunk in zip(evals, out.chunk(k)):
             preds[e.name] = model.prediction(x, step, chunk)  # ε and x̂0 from the model's parameterization
         return preds
+
+    def label_free(self, network: str) -> bool:
+        """A second denoising network declared unconditional (EDM2's unconditional companion, the weak model of its
+        CFG presets) is called without labels, as its DenoisingModel says; the U-Net's passes keep their checks."""
+        return network != "unet" and self.model(network).null_label is None
 
     def classifier_grad(self, r: ClassifierGrad, x, y, step: Step) -> torch.Tensor:
         """Summing the selected log-probs gives each image its own gradient (eval mode: images independent)."""
@@ -207,7 +213,7 @@ class GuidedDenoiser:
             return
         network, model = self.networks[name], self.model(name)
         x_in, t = model.network_input(x[:1], step), model.noise_level(step, 1, x.device)
-        labels = None if self.null_label is None else y[:1]
+        labels = None if self.null_label is None or self.label_free(name) else y[:1]
         self.flops[key] = (forward_flops(network, x_in, t, labels) if perturb is None
                            else perturbed_flops(network, perturb, x_in, t, labels))
 
