@@ -208,3 +208,19 @@ def test_latent_and_pixel_models_refuse_a_missing_or_stray_vae(files, tmp_path):
     with pytest.raises(GuidanceError, match="samples pixels"):
         run_sample(sample_cfg(files, f"unet_ckpt={files / 'pixel.pt'}"), tmp_path / "b")
     assert not (tmp_path / "a" / "samples.npz").exists() and not (tmp_path / "b" / "samples.npz").exists()
+
+
+def test_a_denoising_model_carries_its_decoder_and_vae_replaces_its_weights(files):
+    """A DenoisingModel built with its decoder (a model config's) keeps it; vae=PATH loads a declared one's weights."""
+    from guidance.sampling.point import latent_decoder
+
+    net = torch.nn.Identity()
+    loaded = LatentDecoder.dit().loaded(files / "vae")
+    cfg = sample_cfg(files, "vae=null")
+    assert latent_decoder(cfg, DenoisingModel(net, null_label=K, decoder=loaded), {}, "cpu") is loaded
+    assert latent_decoder(cfg, DenoisingModel(net, null_label=K), {}, "cpu") is None
+    declared = DenoisingModel(net, null_label=K, decoder=LatentDecoder.dit())
+    got = latent_decoder(sample_cfg(files), declared, {}, "cpu")
+    assert got.is_loaded and got.scale == (0.18215,) and got.sha256 == weights_sha256(files / "vae")
+    assert GuidedDenoiser(build({"_target_": "guidance.guiders.NoGuidance"}),
+                          {"unet": DenoisingModel(net, null_label=K, decoder=got)}).decoder is got

@@ -126,6 +126,12 @@ class LatentDecoder:
         return LatentDecoder(self.scale, self.shift, self.vae_range, self.batch_size, vae, str(path),
                              weights_sha256(path))
 
+    def to(self, device) -> "LatentDecoder":
+        """Its autoencoder on `device` (in place, as nn.Module.to)."""
+        if self.vae is not None:
+            self.vae.to(device)
+        return self
+
     @property
     def is_loaded(self) -> bool:
         return self.vae is not None

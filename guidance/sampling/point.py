@@ -195,7 +195,7 @@ def latent_decoder(cfg: DictConfig, unet, unet_meta: dict, device):
         if declared is not None and not declared.is_loaded:
             raise GuidanceError("the model runs in the latent space of an autoencoder: pass vae=PATH (a local "
                                 "diffusers AutoencoderKL folder or weights file) to decode its samples")
-        return declared
+        return None if declared is None else declared.to(device)
     if declared is None:
         raise GuidanceError(f"vae={vae} was given but the model samples pixels (it declares no latent space); "
                             "drop vae=")
