@@ -145,6 +145,7 @@ class SampleSettings:
     unet_ckpt: str = "runs/train/fashion_mnist-default/unet.pt"
     classifier_ckpt: Optional[str] = None
     weak_ckpt: Optional[str] = None
+    vae: Optional[str] = None
     num_samples: int = 1000
     batch_size: int = 250
     batching: str = "auto"

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from guidance.engine import ClassifierGrad, Eval, Labels, Prediction, Step, cost_per_sample
+from guidance.engine.cost import DECODER
 from guidance.engine.model import DenoisingModel, as_model
 from guidance.errors import GuidanceError
-from guidance.sampling.flops import forward_flops, gradient_flops, perturbed_flops
+from guidance.sampling.flops import counted, forward_flops, gradient_flops, perturbed_flops
 from guidance.sampling.runtime import Runtime, auto_policy
 
 STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
@@ -40,12 +41,15 @@ class GuidedDenoiser:
     `null_trained=False`: a class-conditional U-Net that never trained that class (ADM's releases), so passes at the
     null label are refused. Both default to what the U-Net's DenoisingModel declares. `measure_flops`: measure each pass's FLOPs
     at its first run (one extra one-image forward, or forward + backward, per kind of pass; run_sample turns it on)
-    so cost_per_sample() also says GFLOP/sample."""
+    so cost_per_sample() also says GFLOP/sample. `decoder`: a latent model's LatentDecoder (default: the U-Net
+    DenoisingModel's, None for a pixel model); `decode(x)` turns a finished chain's latents into images, counted
+    as "decoder" rows (not NFE) with its FLOPs measured once."""
 
     BATCHING = ("auto", "stacked", "split")
 
     def __init__(self, guider, networks: dict, null_label=FROM_MODEL, batching: str = "auto",
-                 runtime: Runtime | None = None, null_trained=FROM_MODEL, measure_flops: bool = False):
+                 runtime: Runtime | None = None, null_trained=FROM_MODEL, measure_flops: bool = False,
+                 decoder=FROM_MODEL):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
@@ -53,6 +57,13 @@ class GuidedDenoiser:
             raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
                                 f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
         null_label, null_trained = self.conditioning(networks.get("unet"), null_label, null_trained)
+        unet = networks.get("unet")
+        if decoder is FROM_MODEL:
+            decoder = unet.decoder if isinstance(unet, DenoisingModel) else None
+        if decoder is not None and not decoder.is_loaded:  # before any sampling work
+            raise GuidanceError("this model runs in the latent space of an autoencoder whose weights were not "
+                                "loaded: pass vae=PATH (a local AutoencoderKL folder or file)")
+        self.decoder = decoder
         self.models = {n: v for n, v in networks.items() if isinstance(v, DenoisingModel)}
         networks = {n: v.network if isinstance(v, DenoisingModel) else v for n, v in networks.items()}
         self.guider, self.networks = guider, networks
@@ -216,6 +227,17 @@ class GuidedDenoiser:
         labels = None if self.null_label is None or self.label_free(name) else y[:1]
         self.flops[key] = (forward_flops(network, x_in, t, labels) if perturb is None
                            else perturbed_flops(network, perturb, x_in, t, labels))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """A finished chain's images: x itself for a pixel model; a latent model's decoded latents (in the
+        decoder's batches), each one counted under DECODER and the decoder's FLOPs per image measured once."""
+        if self.decoder is None:
+            return x
+        if self.flops is not None and DECODER not in self.flops:
+            self.flops[DECODER] = counted(lambda: self.decoder(x[:1]))
+        images = self.decoder(x)
+        self.counts[DECODER] += len(x)
+        return images
 
     def cost_per_sample(self) -> dict[str, float]:
         return cost_per_sample(self.counts, self.images, self.flops)

@@ -28,11 +28,12 @@ def batch_ranges(num_samples: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def sample_batch(sampler, denoiser, shape, start, end, seed, num_classes, labels, device):
-    """Images start..end-1, from their own seeds: the same at any batch size, on any rank."""
+    """Images start..end-1, from their own seeds: the same at any batch size, on any rank. `shape`: what the
+    sampler samples (a latent model's latent shape; the denoiser decodes the finished latents into images)."""
     rng = PerImageRNG(seed, range(start, end), device=device)
     y = rng.labels(num_classes, labels)
     x = sampler.sample(denoiser, (len(rng), *shape), y, rng)
-    return to_uint8(x).cpu(), y.cpu()
+    return to_uint8(denoiser.decode(x)).cpu(), y.cpu()
 
 
 def part_path(parts_dir: Path, start: int, end: int) -> Path:

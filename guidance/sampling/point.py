@@ -41,10 +41,11 @@ def to_container(cfg) -> dict:
 
 # sample_info fields that decide whether an existing samples.npz can be reused. The numerics (batch size, thread
 # count) are recorded but not matched: per-image seeds make them change the samples only by float rounding.
-# x0_clip: CFG++ points sampled while it still clipped are not reused.
+# x0_clip: CFG++ points sampled while it still clipped are not reused. decoder: a latent model's autoencoder (its
+# weights' sha256) and standardization (absent, None, for pixel models).
 MATCH_KEYS = ("strategy", "guider", "sampler", "sampler_config", "timesteps", "num_samples", "seed", "labels",
               "use_ema", "unet_sha256", "unet_step", "classifier_sha256", "classifier_step", "weak_ckpt", "engine",
-              "runtime", "x0_clip")
+              "runtime", "x0_clip", "decoder")
 ENGINE = 2  # samples of another engine version are never reused as new
 
 
@@ -140,12 +141,15 @@ def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
         print("note: precision=fp16 on a CPU runs ~17x slower than fp32 (CPUs have no fp16 matmul units): use "
               "precision=fp32, or bf16 on CPUs with AMX/AVX512-bf16")
     null_trained = (unet_meta.get("extra") or {}).get("null_class_trained") is not False
+    decoder = latent_decoder(cfg, networks["unet"], unet_meta, env.device)
     denoiser = GuidedDenoiser(guider, networks, null_label=mc["num_classes"], batching=cfg.batching, runtime=runtime,
-                              null_trained=null_trained, measure_flops=True)
+                              null_trained=null_trained, measure_flops=True, decoder=decoder)
     classes = mc["num_classes"] or (clf_meta["model_config"]["num_classes"] if clf_meta else 1)
     info = {**point_info(cfg, guider, sampler, mc, unet_meta, clf_meta), "runtime": runtime.info(),
             "batching": denoiser.batching_for(env.device), "num_classes": classes,
             "numerics": numerics(env.device, int(cfg.batch_size))}
+    if decoder is not None:
+        info.update(decoder=decoder.info(), vae=decoder.source)
     old = finished_samples(out_dir, info, MATCH_KEYS)
     if old is not None:
         print(reuse_line(out_dir, old, info))
@@ -168,6 +172,34 @@ def _sample_point(cfg: DictConfig, out_dir: Path, env, t0: float) -> Path:
                      denoiser.flops)
     distributed.barrier()
     return npz
+
+
+def latent_decoder(cfg: DictConfig, unet, unet_meta: dict, device):
+    """A latent model's decoder with its weights (None for a pixel model). The model declares its latent space:
+    a DenoisingModel's `decoder`, or a snapshot's extra["latent"] = {scale, shift, vae_range, batch_size}
+    (guidance.engine.latent.LatentDecoder's fields); `vae=PATH` (a local AutoencoderKL folder or file) gives the
+    weights of a declared decoder, or replaces those it came with."""
+    from guidance.engine.latent import LatentDecoder
+    from guidance.engine.model import DenoisingModel
+
+    declared = unet.decoder if isinstance(unet, DenoisingModel) else None
+    latent = (unet_meta.get("extra") or {}).get("latent")
+    if declared is None and latent:
+        try:
+            declared = LatentDecoder(**latent)
+        except TypeError as e:
+            raise GuidanceError(f"{unet_meta.get('path')} records extra.latent={latent}, which is not a latent "
+                                f"standardization ({e}); re-save it with scale, shift, vae_range, batch_size") from None
+    vae = cfg.get("vae")
+    if vae is None:
+        if declared is not None and not declared.is_loaded:
+            raise GuidanceError("the model runs in the latent space of an autoencoder: pass vae=PATH (a local "
+                                "diffusers AutoencoderKL folder or weights file) to decode its samples")
+        return None if declared is None else declared.to(device)
+    if declared is None:
+        raise GuidanceError(f"vae={vae} was given but the model samples pixels (it declares no latent space); "
+                            "drop vae=")
+    return declared.loaded(to_absolute_path(vae), device)
 
 
 def say_resuming(parts: Path, num_samples: int, batch_size: int) -> None:
