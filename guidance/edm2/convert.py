@@ -66,8 +66,9 @@ def _first_foreign(state: dict) -> str:
 
 
 def infer_config(state: dict, where: str) -> dict:
-    """EDM2Denoiser's constructor config from the tensors' names and shapes (edm2's defaults for what they do not
-    show: channels_per_head 64, the balances, clip_act)."""
+    """EDM2Denoiser's constructor config from the tensors' names and shapes, with edm2's defaults for what they do
+    not show: the balances, clip_act and 64 channels per head (the released widths are all >= 128; a narrower
+    attention block gets one head, as the shapes cannot tell its head count)."""
     conv = [(int(m.group(1)), k) for k in state if (m := CONV.match(k))]
     if len(conv) != 1 or "unet.out_conv.weight" not in state:
         raise GuidanceError(f"{where}: {_first_foreign(state)} has no place in an EDM2 network (edm2's names are "
@@ -98,6 +99,9 @@ def infer_config(state: dict, where: str) -> dict:
         cfg["channel_mult_emb"] = emb_ch // mc
     if "logvar_fourier.freqs" in state:
         cfg["logvar_channels"] = state["logvar_fourier.freqs"].numel()
+    attn = [state[k].shape[1] for k in state if k.endswith(".attn_qkv.weight")]
+    if attn and min(attn) < 64:  # edm2's 64 channels per head would leave these blocks without attention
+        cfg["channels_per_head"] = min(attn)
     return cfg
 
 
