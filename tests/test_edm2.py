@@ -288,3 +288,19 @@ def test_generation_presets_name_known_files():
         "architecture": "edm2-img512-xs-uncond", "kimg": 2147483, "ema_std": 0.045}
     with pytest.raises(GuidanceError, match="unknown"):
         architecture("edm2-img256-s")
+
+
+def test_import_app(tmp_path):
+    """guidance-import-edm2: the pickle -> a snapshot; another model's file -> one line naming its first tensor."""
+    import subprocess
+
+    from guidance.nn import UNet
+    torch.save(UNet(8, 3, 16, 3, 1, channel_mult=[1, 2], num_classes=4).state_dict(), tmp_path / "adm.pt")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "guidance.apps.import_edm2", *a], capture_output=True,
+                                    text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(DATA.parents[1])})
+    ok = run(f"checkpoint={PKL}", "out=snap.pt")
+    assert ok.returncode == 0, ok.stderr
+    assert "nothing in the file executed" in ok.stdout and (tmp_path / "snap.pt").is_file()
+    bad = run("checkpoint=adm.pt")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and len(lines) == 1 and "tensor time_embed.0.weight" in lines[0], bad.stderr
