@@ -304,3 +304,38 @@ def test_import_app(tmp_path):
     bad = run("checkpoint=adm.pt")
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode != 0 and len(lines) == 1 and "tensor time_embed.0.weight" in lines[0], bad.stderr
+
+
+def test_pag_identity_attention_on_edm2():
+    """PAG's perturbed pass: attention output = v in the named blocks (here by hand: the block's attend() with
+    softmax replaced by the identity), restored afterwards; PAG through the guided denoiser runs on EDM2."""
+    from guidance.guiders.pag import PerturbedAttentionGuidance
+    from guidance.sampling import GuidedDenoiser
+
+    n = net("cond")
+    assert list(n.attention_layers()) == ["enc.8x8_block0", "dec.8x8_in0", "dec.8x8_block0", "dec.8x8_block1"]
+    block = n.unet.dec["8x8_in0"]
+    h = torch.randn(2, 32, 8, 8)
+    qkv = block.attn_qkv(h).reshape(2, block.num_heads, 32 // block.num_heads, 3, 64)
+    v = qkv[:, :, :, 2] / (torch.linalg.vector_norm(qkv[:, :, :, 2], dim=2, keepdim=True)
+                           / math.sqrt(32 // block.num_heads) + 1e-4)
+    with torch.no_grad(), n.identity_attention(["dec.8x8_in0"]):
+        torch.testing.assert_close(block.attend(h), block.attn_proj(v.reshape(2, 32, 8, 8)))
+        perturbed = n(REF["x"], REF["sigma"], REF["labels"])
+    assert not block.identity_attention
+    with torch.no_grad():
+        assert (perturbed - n(REF["x"], REF["sigma"], REF["labels"])).abs().max() > 1e-3
+    with pytest.raises(GuidanceError, match="no self-attention block"):
+        with n.identity_attention(["middle"]):
+            pass
+    model = denoising_model(n)
+    den = GuidedDenoiser(PerturbedAttentionGuidance(scale=1.0, blocks=["dec.8x8_in0"]), {"unet": model})
+    step = Step.at_sigma(1.0)
+    x_t = REF["x"][:2] / math.sqrt(2)
+    den.reset(2, None)
+    out = den(x_t, REF["labels"][:2], step)
+    with torch.no_grad():
+        plain = model(x_t, step, REF["labels"][:2]).eps
+        with n.identity_attention(["dec.8x8_in0"]):
+            pert = model(x_t, step, REF["labels"][:2]).eps
+    torch.testing.assert_close(out.eps, 2 * plain - pert, rtol=1e-5, atol=1e-5)
