@@ -27,7 +27,7 @@ import collections
 import hashlib
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ class Persistent:
     """What a persistent object of edm2 becomes: its class name and state; its module source is not run."""
 
     class_name: str
-    state: dict
+    state: dict = field(repr=False)
     version: Any = None
     source_sha256: str = ""
     source_chars: int = 0
@@ -136,7 +136,6 @@ def load_edm2_pickle(path) -> Any:
     with open(path, "rb") as f:
         try:
             return SafeUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-                KeyError, RuntimeError) as e:
+        except Exception as e:  # anything the file's bytes provoke: refused at the boundary, in one line
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise GuidanceError(f"{path} is not a readable EDM2 pickle ({msg}); nothing in it was executed") from None
