@@ -29,10 +29,16 @@ def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
 def build(node, **kwargs):
     """hydra.utils.instantiate, but a GuidanceError from the constructor stays a one-line GuidanceError (Hydra
     wraps it in a multi-line InstantiationException)."""
+    import dataclasses
+
     from hydra.utils import instantiate
 
     from guidance.errors import GuidanceError
 
+    objects = {k: v for k, v in kwargs.items() if dataclasses.is_dataclass(v) and not isinstance(v, type)}
+    if objects:  # Hydra would turn a dataclass argument (ContinuousLevels) into a DictConfig: pass it as itself
+        rest = {k: v for k, v in kwargs.items() if k not in objects}
+        return build(node, _partial_=True, **rest)(**objects)
     try:
         return instantiate(node, **kwargs)
     except Exception as e:
