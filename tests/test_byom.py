@@ -57,8 +57,17 @@ def build(seed=0, weights=None):
     return DenoisingModel(net, "flow", ContinuousLevels(), noise_input="flow_time", time_scale=1000, null_label=3)
 
 
-def discrete():
-    return DenoisingModel(Prototypes(), "eps", create_diffusion(steps=40), null_label=3)
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x, t, labels):
+        return self.conv(x)
+
+
+def discrete():  # an ε model on the 40 linear timesteps of the test snapshots
+    return DenoisingModel(Plain(), "eps", create_diffusion(steps=40), null_label=3)
 
 
 def not_a_model():
@@ -216,3 +225,25 @@ def test_autoguidance_with_a_target_weak_model_and_refusals(byo, tmp_path):
                                                          "sample_shape=[1,8,8]")
     assert "sample_shape=[1, 8] must be [C, H, W]" in refused("+unet_model._target_=byo.build", "sample_shape=[1,8]")
     assert "unet_model='byo.build' must be a config with _target_" in refused("unet_model=byo.build")
+
+
+def test_a_target_model_on_trained_timesteps_takes_a_classifier_and_a_weak_snapshot(byo, tmp_path):
+    """A `_target_` ε model on the snapshots' timesteps: classifier guidance with a classifier snapshot of its
+    shape and classes (another shape refused, naming the target), autoguidance with a weak U-Net snapshot."""
+    from guidance.nn import EncoderClassifier
+
+    clf = {"image_size": SIZE, "in_channels": 1, "model_channels": 8, "num_classes": K, "num_res_blocks": 1,
+           "attention_resolutions": [], "channel_mult": [1, 2], "pool": "adaptive"}
+    save_snapshot(tmp_path / "clf.pt", "classifier", EncoderClassifier(**clf),
+                  {"_target_": "guidance.nn.EncoderClassifier", **clf}, 1)
+    base = ["+unet_model._target_=byo.discrete", "sampler=ddim", "sampler.respacing=ddim3",
+            f"classifier_ckpt={tmp_path / 'clf.pt'}"]
+    run_sample(sample_cfg(*base, "sample_shape=[1,8,8]", "guidance=classifier", "guidance.scale=2"), tmp_path / "c")
+    cost = info(tmp_path / "c")["cost_per_sample"]
+    assert (cost["nfe"], cost["classifier_backward"]) == (3, 3)
+    with pytest.raises(GuidanceError, match="U-Net unet_model byo.discrete has image_size=16 but classifier"):
+        run_sample(sample_cfg(*base, "sample_shape=[1,16,16]", "guidance=classifier"), tmp_path / "d")
+    weak = snapshot(tmp_path / "weak.pt")
+    run_sample(sample_cfg(*base, "sample_shape=[1,8,8]", "guidance=autoguidance", f"weak_ckpt={weak}"), tmp_path / "w")
+    got = info(tmp_path / "w")
+    assert got["weak_ckpt"]["sha256"] and got["weak_model"] is None and got["cost_per_sample"]["nfe_weak"] == 3
