@@ -1,0 +1,83 @@
+"""DiT and SiT networks (Peebles & Xie 2023; Ma et al. 2024) on diffusers' `DiTTransformer2DModel`.
+
+diffusers' class is the implementation (an optional dependency: `pip install diffusers`); this module gives it
+the engine's call convention `network(x, t, labels) -> output` and, by default, DiT's own arithmetic, which
+diffusers' DiT departs from in two places (found by running both on the same weights, tests/test_dit.py):
+
+- the sinusoidal time frequencies: DiT's TimestepEmbedder uses exp(−ln(10⁴) i / 128), i < 128; diffusers'
+  CombinedTimestepLabelEmbeddings has downscale_freq_shift=1, i.e. exp(−ln(10⁴) i / 127);
+- the LayerNorm before each block's MLP: eps 1e-6 in DiT, diffusers' norm_eps (1e-5 by default).
+
+conventions="dit" (default) sets both to DiT's, so a DiT or SiT release computes what its authors' code computes;
+conventions="diffusers" keeps the class as diffusers configures it (what diffusers' DiTPipeline computes).
+DiT feeds one time/label embedder to every block; diffusers holds a copy per block: shared_embedding=True ties
+the copies (one set of weights, as DiT; torch.save stores it once).
+
+Outputs. DiT (learn_sigma): [ε, v] along channels, v the learned-range variance (Improved DDPM eq. 15), as ADM.
+SiT: `velocity="sit"` returns the engine's flow velocity u = ε − x̂0 (guidance.engine.model, parameterization
+"flow") from SiT's network, whose velocity is d/dt of x_t = t x_data + (1 − t) ε (SiT's transport/path.py ICPlan:
+t = 1 is data), i.e. x_data − ε = −u; the learned-variance half SiT's XL/2 release carries is dropped, as SiT's
+own forward does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from guidance.errors import GuidanceError
+
+CONVENTIONS = ("dit", "diffusers")
+VELOCITIES = (None, "sit")
+
+
+def _diffusers_dit():
+    try:
+        from diffusers import DiTTransformer2DModel
+    except ImportError as e:  # pragma: no cover - diffusers is in the dev environment
+        raise GuidanceError("DiT and SiT models run on diffusers' DiTTransformer2DModel; pip install diffusers "
+                            f"({type(e).__name__}: {e})") from None
+    return DiTTransformer2DModel
+
+
+class DiTNetwork(nn.Module):
+    """A class-conditional DiT/SiT transformer in DiT's naming (models.py): `input_size` latent pixels,
+    `hidden_size` = heads × head dim, `depth` blocks, `num_classes` + 1 label rows (the last: the null label
+    that label dropout trained). forward(x [B, in_channels, input_size, input_size], t [B], labels [B] or None
+    (= the null label)) -> [B, out, input_size, input_size]."""
+
+    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
+                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 1000,
+                 learn_sigma: bool = True, conventions: str = "dit", shared_embedding: bool = True,
+                 velocity: str | None = None, norm_eps: float = 1e-5):
+        super().__init__()
+        if conventions not in CONVENTIONS:
+            raise GuidanceError(f"conventions={conventions!r} is unknown; use dit (DiT's own arithmetic) or diffusers")
+        if velocity not in VELOCITIES:
+            raise GuidanceError(f"velocity={velocity!r} is unknown; use null (DiT: ε) or sit")
+        if hidden_size % num_heads:
+            raise GuidanceError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+        if mlp_ratio != 4.0:  # diffusers' FeedForward has mult=4 fixed in BasicTransformerBlock
+            raise GuidanceError(f"mlp_ratio={mlp_ratio}: diffusers' DiT block has a 4x MLP; every DiT/SiT model uses 4")
+        self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
+        self.learn_sigma, self.conventions, self.velocity = learn_sigma, conventions, velocity
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.transformer = _diffusers_dit()(
+            num_attention_heads=num_heads, attention_head_dim=hidden_size // num_heads, in_channels=in_channels,
+            out_channels=self.out_channels, num_layers=depth, sample_size=input_size, patch_size=patch_size,
+            num_embeds_ada_norm=num_classes, norm_eps=1e-6 if conventions == "dit" else norm_eps)
+        blocks = self.transformer.transformer_blocks
+        if conventions == "dit":
+            for block in blocks:
+                block.norm1.emb.time_proj.downscale_freq_shift = 0  # DiT: frequencies exp(−ln(10⁴) i / half)
+        if shared_embedding:
+            for block in blocks[1:]:
+                block.norm1.emb = blocks[0].norm1.emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            labels = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
+        out = self.transformer(x, timestep=t, class_labels=labels).sample
+        if self.velocity == "sit":
+            return -out[:, :self.in_channels]  # u = ε − x̂0 = −(SiT's x_data − ε); SiT drops the variance half
+        return out
