@@ -1,0 +1,156 @@
+"""DiT on diffusers' DiTTransformer2DModel against DiT's own code (tests/data/dit_tiny_reference.pt, written by
+make_dit_reference.py with facebookresearch/DiT's models.py and diffusion/ on a tiny random-weight DiT):
+network outputs, CFG, DiT's DDPM chain with its learned variance, the import into a snapshot and its refusals."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from guidance.diffusion import create_diffusion  # noqa: E402
+from guidance.dit import convert_state_dict  # noqa: E402
+from guidance.dit.importer import import_dit  # noqa: E402
+from guidance.dit.releases import denoising_model, model_config  # noqa: E402
+from guidance.engine.model import DenoisingModel  # noqa: E402
+from guidance.engine.prediction import Step  # noqa: E402
+from guidance.errors import GuidanceError  # noqa: E402
+from guidance.guiders.cfg import ClassifierFreeGuidance  # noqa: E402
+from guidance.nn.dit import DiTNetwork  # noqa: E402
+from guidance.sampling.ddpm import DDPMSampler  # noqa: E402
+from guidance.sampling.denoiser import GuidedDenoiser  # noqa: E402
+
+REF = torch.load(Path(__file__).parent / "data" / "dit_tiny_reference.pt", weights_only=True)
+NULL = REF["arch"]["num_classes"]
+ATOL = 2e-5 * float(REF["out"].abs().max())  # float32 tolerance on outputs of magnitude ~30
+
+
+def network(conventions="dit", shared_embedding=True):
+    net = DiTNetwork(**REF["arch"], conventions=conventions, shared_embedding=shared_embedding).eval()
+    net.load_state_dict(convert_state_dict(REF["state_dict"], net))
+    return net
+
+
+def model(net=None):
+    diffusion = create_diffusion(1000, "linear", "learned_range", "hybrid")
+    return DenoisingModel(net or network(), "eps", diffusion, "timestep", null_label=NULL, learned_variance=True)
+
+
+class Replay:
+    """The noise DiT drew: the chain's start first, then one draw per step (a sampler's rng interface)."""
+
+    def __init__(self, z, draws):
+        self.draws = [z] + list(draws)
+
+    def __len__(self):
+        return len(self.draws[0])
+
+    def randn(self, shape):
+        return self.draws.pop(0)
+
+
+@torch.no_grad()
+def test_network_equals_dit_module():
+    out = network()(REF["x"], REF["t"], REF["y"])
+    assert out.shape == REF["out"].shape == (3, 8, 8, 8)  # [ε, v]: DiT learns the variance
+    torch.testing.assert_close(out, REF["out"], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_diffusers_own_conventions_are_not_dits():
+    """diffusers' DiT (time frequencies i/127, MLP LayerNorm eps 1e-5) computes something else on DiT's weights:
+    why DiTNetwork defaults to conventions="dit"."""
+    out = network("diffusers")(REF["x"], REF["t"], REF["y"])
+    assert (out - REF["out"]).abs().max() > 100 * ATOL
+
+
+@torch.no_grad()
+def test_cfg_at_w_half_is_dits_scale_one_and_a_half():
+    """DiT's forward_with_cfg at scale 1.5 = our CFG at w = 0.5 — on the 3 channels DiT's released code guides;
+    its 4th ε channel stays conditional there (DiT's comment: 'for exact reproducibility'), ours is guided."""
+    c = REF["cfg"]
+    den = GuidedDenoiser(ClassifierFreeGuidance(c["scale"] - 1), {"unet": model()})
+    diffusion = create_diffusion(1000, "linear")
+    for row in range(2):
+        t = int(c["t"][row])
+        step = Step(t, float(diffusion.alphas_cumprod[t]), 0, 1)
+        den.reset(1)
+        pred = den(c["x"][row:row + 1], c["y"][row:row + 1], step, clip=False)
+        released = c["out"][row:row + 1]
+        torch.testing.assert_close(pred.eps[:, :3], released[:, :3], atol=ATOL, rtol=0)
+        torch.testing.assert_close(pred.var_v, released[:, 4:], atol=ATOL, rtol=0)  # the conditional variance
+        cond = model()(c["x"][row:row + 1], step, c["y"][row:row + 1])
+        torch.testing.assert_close(released[:, 3], cond.eps[:, 3], atol=ATOL, rtol=0)
+        assert (pred.eps[:, 3] - released[:, 3]).abs().max() > 100 * ATOL
+
+
+@torch.no_grad()
+def test_ddpm_chain_with_learned_variance_equals_dits():
+    """DiT's p_sample_loop (create_diffusion("10"), learned range variance, clip_denoised=False) with CFG on all
+    channels, same weights and noise = the toolkit's DDPM with cfg w = 0.5; DiT's released 3-channel CFG differs."""
+    ch = REF["chain"]
+    sampler = DDPMSampler(create_diffusion(1000, "linear", "learned_range", "hybrid"), respacing=ch["respacing"],
+                          clip_denoised=False)
+    den = GuidedDenoiser(ClassifierFreeGuidance(ch["scale"] - 1), {"unet": model()})
+    x = sampler.sample(den, ch["z"].shape, ch["y"], Replay(ch["z"], ch["noise_all_channels"]))
+    scale = float(ch["all_channels"].abs().max())
+    torch.testing.assert_close(x, ch["all_channels"], atol=1e-5 * scale, rtol=0)
+    assert (ch["released"] - ch["all_channels"]).abs().max() > 1e-3 * scale
+
+
+@torch.no_grad()
+def test_import_writes_a_snapshot_that_rebuilds_the_model(tmp_path):
+    from guidance.checkpoint import load_snapshot
+
+    src = tmp_path / "DiT-tiny.pt"
+    torch.save({"model": {}, "ema": REF["state_dict"]}, src)  # a DiT train.py checkpoint: its EMA weights
+    arch = {**model_config("DiT-S/2"), **REF["arch"]}
+    out = import_dit(src, tmp_path / "dit.pt", source="dit", arch=arch)
+    net, meta = load_snapshot(out, role="unet")
+    extra = meta["extra"]
+    assert extra["adapter"]["parameterization"] == "eps" and extra["null_class_trained"] is True
+    assert extra["latent"]["scale"] == 0.18215 and len(extra["source_sha256"]) == 64
+    assert meta["diffusion_config"]["model_var_type"] == "learned_range"
+    m = denoising_model(net, meta)
+    assert (m.parameterization, m.noise_input, m.null_label, m.learned_variance) == ("eps", "timestep", NULL, True)
+    torch.testing.assert_close(net(REF["x"], REF["t"], REF["y"]), REF["out"], atol=ATOL, rtol=0)
+
+
+def test_a_file_of_another_model_gets_one_line(tmp_path):
+    arch = {**model_config("DiT-S/2"), **REF["arch"]}
+    wrong = dict(REF["state_dict"])
+    wrong["blocks.1.mlp.fc1.weight"] = torch.zeros(64, 32)
+    (tmp_path / "a.pt").write_bytes(b"")
+    torch.save(wrong, tmp_path / "a.pt")
+    with pytest.raises(GuidanceError, match=r"tensor blocks\.1\.mlp\.fc1\.weight is \[64, 32\] but this model needs"):
+        import_dit(tmp_path / "a.pt", tmp_path / "o.pt", arch=arch)
+    extra = dict(REF["state_dict"], **{"input_blocks.0.0.weight": torch.zeros(3)})  # an ADM U-Net tensor
+    torch.save(extra, tmp_path / "b.pt")
+    with pytest.raises(GuidanceError, match=r"tensor input_blocks\.0\.0\.weight \[3\] has no place"):
+        import_dit(tmp_path / "b.pt", tmp_path / "o.pt", arch=arch)
+    with pytest.raises(GuidanceError, match="is not a file"):
+        import_dit(tmp_path / "missing.pt", tmp_path / "o.pt")
+    with pytest.raises(GuidanceError, match="model=DiT-XXL/2 is not a DiT/SiT model"):
+        import_dit(tmp_path / "a.pt", tmp_path / "o.pt", model="DiT-XXL/2")
+
+
+@torch.no_grad()
+def test_diffusers_folder_imports(tmp_path):
+    """A diffusers DiT folder (transformer/ + scheduler/) -> the same network; a non-DiT schedule is refused."""
+    from diffusers import DDPMScheduler
+
+    net = network(shared_embedding=False)  # diffusers' layout: a copy of the embedder in every block
+    net.transformer.save_pretrained(tmp_path / "pipe" / "transformer")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(tmp_path / "pipe" / "scheduler")
+    out = import_dit(tmp_path / "pipe", tmp_path / "dit.pt", source="diffusers")
+    from guidance.checkpoint import load_snapshot
+
+    loaded, meta = load_snapshot(out, role="unet")
+    assert meta["model_config"]["shared_embedding"] is True  # every block holds DiT's one embedder
+    torch.testing.assert_close(loaded(REF["x"], REF["t"], REF["y"]), REF["out"], atol=ATOL, rtol=0)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear").save_pretrained(tmp_path / "pipe" / "scheduler")
+    with pytest.raises(GuidanceError, match="beta_schedule='scaled_linear'"):
+        import_dit(tmp_path / "pipe", tmp_path / "dit.pt", source="diffusers")
+    with pytest.raises(GuidanceError, match="is not a folder"):
+        import_dit(tmp_path / "dit.pt", tmp_path / "o.pt", source="diffusers")
