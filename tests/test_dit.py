@@ -154,3 +154,18 @@ def test_diffusers_folder_imports(tmp_path):
         import_dit(tmp_path / "pipe", tmp_path / "dit.pt", source="diffusers")
     with pytest.raises(GuidanceError, match="is not a folder"):
         import_dit(tmp_path / "dit.pt", tmp_path / "o.pt", source="diffusers")
+
+
+def test_import_app_refuses_another_models_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    torch.save(REF["state_dict"], tmp_path / "tiny.pt")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "guidance.apps.import_dit", f"checkpoint={tmp_path / 'tiny.pt'}",
+                                     f"out={tmp_path / 'x.pt'}", *a], capture_output=True, text=True, cwd=tmp_path,
+                                    timeout=120)
+    r = run("release=DiT-S/2")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and not (tmp_path / "x.pt").exists()
+    assert "tensor x_embedder.proj.weight is [32, 4, 2, 2] but this model needs [384, 4, 2, 2]" in r.stderr
+    r = run("source=edm2")
+    assert r.returncode == 2 and "source=edm2 is unknown" in r.stderr
