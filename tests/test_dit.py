@@ -18,6 +18,7 @@ from guidance.engine.prediction import Step  # noqa: E402
 from guidance.errors import GuidanceError  # noqa: E402
 from guidance.guiders.cfg import ClassifierFreeGuidance  # noqa: E402
 from guidance.nn.dit import DiTNetwork  # noqa: E402
+from guidance.sampling.ddim import DDIMSampler  # noqa: E402
 from guidance.sampling.ddpm import DDPMSampler  # noqa: E402
 from guidance.sampling.denoiser import GuidedDenoiser  # noqa: E402
 
@@ -169,3 +170,33 @@ def test_import_app_refuses_another_models_file_in_one_line(tmp_path):
     assert "tensor x_embedder.proj.weight is [32, 4, 2, 2] but this model needs [384, 4, 2, 2]" in r.stderr
     r = run("source=edm2")
     assert r.returncode == 2 and "source=edm2 is unknown" in r.stderr
+
+
+@torch.no_grad()
+def test_ddim_chain_equals_diffusers_dit_pipeline():
+    """diffusers' DiTPipeline (DDIMScheduler, 10 steps, eta 0, guidance_scale 1.5 on every latent channel, its VAE
+    decoding latents / 0.18215) on our network = the toolkit's DDIM with cfg w = 0.5, decoded by the same VAE.
+    The pipeline's null label is 1000, so this DiT has ImageNet's 1000 classes (random weights)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
+
+    torch.manual_seed(3)
+    net = DiTNetwork(**{**REF["arch"], "num_classes": 1000}).eval()
+    for p in net.parameters():
+        p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 0.1))
+    vae = AutoencoderKL(block_out_channels=(8,), layers_per_block=1, norm_num_groups=8, latent_channels=4,
+                        scaling_factor=0.18215).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    pipe = DiTPipeline(transformer=net.transformer, vae=vae, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    labels = [7, 999]
+    images = pipe(labels, guidance_scale=1.5, num_inference_steps=10, generator=torch.Generator().manual_seed(5),
+                  output_type="pt").images
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))  # the pipeline's latents
+    sampler = DDIMSampler(create_diffusion(1000, "linear", "learned_range", "hybrid"), respacing="ddim10",
+                          clip_denoised=False)
+    den = GuidedDenoiser(ClassifierFreeGuidance(0.5), {"unet": DenoisingModel(net, "eps", create_diffusion(
+        1000, "linear"), "timestep", null_label=1000, learned_variance=True)})
+    latents = sampler.sample(den, z.shape, torch.tensor(labels), Replay(z, []))
+    ours = (vae.decode(latents / 0.18215).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(ours, images, atol=1e-4, rtol=0)
+    assert images.std() > 0.01  # not a constant image
