@@ -200,3 +200,19 @@ def test_ddim_chain_equals_diffusers_dit_pipeline():
     ours = (vae.decode(latents / 0.18215).sample / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(ours, images, atol=1e-4, rtol=0)
     assert images.std() > 0.01  # not a constant image
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_released_dit_xl_2_converts_at_full_size(size):
+    """DiT-XL/2's own tensor names and shapes (recorded from DiT's models.py) fit model_config("DiT-XL/2") tensor
+    for tensor, built on the meta device; with DiT's pos_embed the count is DiT's (675,129,632 at 256 px)."""
+    from guidance.config import build
+
+    shapes = REF["releases"][f"DiT-XL/2-{size}"]
+    with torch.device("meta"):
+        net = build(model_config("DiT-XL/2", size))
+        state = {k: torch.empty(s) for k, s in shapes.items()}
+    assert set(convert_state_dict(state, net)) == set(net.state_dict())
+    dits = sum(torch.Size(s).numel() for s in shapes.values())
+    assert sum(p.numel() for p in net.parameters()) + torch.Size(shapes["pos_embed"]).numel() == dits
+    assert size != 256 or dits == 675_129_632

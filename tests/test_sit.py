@@ -108,3 +108,15 @@ def test_import_writes_a_flow_snapshot(tmp_path):
     step = sit_step(0.37)
     pred = m(step.from_flow(REF["x"][1:2]), step, REF["y"][1:2])
     torch.testing.assert_close(pred.x0, REF["x"][1:2] + 0.63 * REF["out"][1:2], atol=ATOL, rtol=0)
+
+
+def test_released_sit_xl_2_converts_at_full_size():
+    """SiT-XL/2's own tensor names and shapes (recorded from SiT's models.py; learn_sigma=True) fit
+    model_config("SiT-XL/2") with the file's learned-variance half, on the meta device."""
+    from guidance.config import build
+
+    shapes = REF["releases"]["SiT-XL/2-256"]
+    with torch.device("meta"):
+        net = build({**model_config("SiT-XL/2", 256), "learn_sigma": True})
+        state = {k: torch.empty(s) for k, s in shapes.items()}
+    assert set(convert_state_dict(state, net)) == set(net.state_dict())

@@ -10,7 +10,8 @@ Saved: the state dict (every weight random: DiT's init zeroes the adaLN and outp
 outputs of forward and forward_with_cfg, and a 10-step DDPM chain (DiT's create_diffusion("10"), p_sample_loop,
 clip_denoised=False as its sample.py) with CFG at DiT's scale 1.5 with the noise DiT drew at each step: once
 with forward_with_cfg as released (guidance on the first 3 channels only) and once with CFG on all channels (the
-alternative DiT's forward_with_cfg comments give).
+alternative DiT's forward_with_cfg comments give); and the tensor names and shapes of the released DiT-XL/2 at 256
+and 512 px.
 """
 
 import os
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, os.environ.get("DIT_SRC", "/tmp/ditsrc"))
 from diffusion import create_diffusion  # noqa: E402  (DiT's)
 from diffusion import gaussian_diffusion  # noqa: E402
-from models import DiT  # noqa: E402  (DiT's)
+from models import DiT, DiT_models  # noqa: E402  (DiT's)
 
 ARCH = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=4,
             learn_sigma=True)
@@ -60,6 +61,13 @@ def chain(diffusion, fn, z, y):
     return out[: len(z)], torch.stack(drawn)
 
 
+def release_shapes(make, image_size):
+    """The released model's tensor names and shapes (built on the meta device: no weights)."""
+    with torch.device("meta"):
+        net = make(input_size=image_size // 8)
+    return {k: list(v.shape) for k, v in net.state_dict().items()}
+
+
 def main():
     torch.manual_seed(0)
     model = DiT(**ARCH).eval()
@@ -84,6 +92,7 @@ def main():
            "cfg": {"scale": SCALE, "x": x_cfg, "t": t_cfg, "y": y_cfg, "out": out_cfg},
            "chain": {"respacing": "10", "z": z, "y": yc, "scale": SCALE, "released": released,
                      "noise_released": noise_released, "all_channels": full, "noise_all_channels": noise_full}}
+    ref["releases"] = {f"DiT-XL/2-{size}": release_shapes(DiT_models["DiT-XL/2"], size) for size in (256, 512)}
     path = Path(__file__).with_name("dit_tiny_reference.pt")
     torch.save(ref, path)
     print(f"wrote {path} ({path.stat().st_size} bytes)")

@@ -10,7 +10,8 @@ Nothing of SiT is restated here: models.py and transport/ are imported from a ch
 Saved: the state dict (every weight random; learn_sigma=True as SiT-XL-2-256x256.pt, whose variance half SiT's
 forward drops), the inputs and outputs of forward (t in [0, 1], t = 1 data), and SiT's ODE Euler chain
 (sample_ode(sampling_method="euler", num_steps=11): 10 steps on t = linspace(0, 1, 11)) with CFG at scale 1.5:
-once with forward_with_cfg as released (first 3 channels guided) and once with CFG on all channels.
+once with forward_with_cfg as released (first 3 channels guided) and once with CFG on all channels; and the tensor
+names and shapes of the released SiT-XL/2 at 256 px.
 """
 
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.environ.get("SIT_SRC", "/tmp/sitsrc"))
-from models import SiT  # noqa: E402  (SiT's)
+from models import SiT, SiT_models  # noqa: E402  (SiT's)
 from transport import Sampler, create_transport  # noqa: E402  (SiT's)
 
 ARCH = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=4,
@@ -60,6 +61,9 @@ def main():
     ref = {"arch": ARCH, "state_dict": model.state_dict(), "x": x, "t": t, "y": y, "out": out,
            "ode": {"steps": STEPS, "method": "euler", "z": z, "y": yc, "scale": SCALE, "released": released,
                    "all_channels": full, "unguided": unguided}}
+    with torch.device("meta"):
+        release = SiT_models["SiT-XL/2"](input_size=32)  # SiT-XL-2-256x256.pt: learn_sigma=True
+    ref["releases"] = {"SiT-XL/2-256": {k: list(v.shape) for k, v in release.state_dict().items()}}
     path = Path(__file__).with_name("sit_tiny_reference.pt")
     torch.save(ref, path)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
