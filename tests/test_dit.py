@@ -216,3 +216,16 @@ def test_released_dit_xl_2_converts_at_full_size(size):
     dits = sum(torch.Size(s).numel() for s in shapes.values())
     assert sum(p.numel() for p in net.parameters()) + torch.Size(shapes["pos_embed"]).numel() == dits
     assert size != 256 or dits == 675_129_632
+
+
+@pytest.mark.parametrize("name", ["dit_cfg", "sit_cfg"])
+def test_presets_compose(name):
+    from hydra import compose, initialize_config_dir
+
+    from guidance.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=[f"experiment={name}", "reference_npz=x.npz"], return_hydra_config=True)
+    assert cfg.guidance._target_.endswith("ClassifierFreeGuidance") and cfg.sampler.clip_denoised is False
+    assert cfg.hydra.sweeper.params["guidance.scale"] == "0,0.5"  # DiT's/SiT's scale 1.5 is w = 0.5
+    assert cfg.unet_ckpt.endswith({"dit_cfg": "DiT-XL-2-256.pt", "sit_cfg": "SiT-XL-2-256.pt"}[name])
