@@ -229,3 +229,54 @@ def test_presets_compose(name):
     assert cfg.guidance._target_.endswith("ClassifierFreeGuidance") and cfg.sampler.clip_denoised is False
     assert cfg.hydra.sweeper.params["guidance.scale"] == "0,0.5"  # DiT's/SiT's scale 1.5 is w = 0.5
     assert cfg.unet_ckpt.endswith({"dit_cfg": "DiT-XL-2-256.pt", "sit_cfg": "SiT-XL-2-256.pt"}[name])
+
+
+@torch.no_grad()
+def test_time_embedding_runs_once_per_forward_and_pag_identity_attention():
+    """TSG's hook point: DiT computes the time embedding once per forward (diffusers once per block): one hook
+    call. PAG's identity attention: on a one-token DiT softmax over one key is already the identity (no change);
+    on 16 tokens it changes the output; the processors are restored after."""
+    net = network()
+    calls = []
+    handle = net.time_embed.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    out = net(REF["x"], REF["t"], REF["y"])
+    handle.remove()
+    assert len(calls) == 1 and calls[0] == (3, 32)
+    torch.testing.assert_close(out, REF["out"], atol=ATOL, rtol=0)
+    with net.identity_attention(["0", "1"]):
+        assert (net(REF["x"], REF["t"], REF["y"]) - out).abs().max() > 100 * ATOL
+    torch.testing.assert_close(net(REF["x"], REF["t"], REF["y"]), out, atol=0, rtol=0)
+    torch.manual_seed(0)
+    one = DiTNetwork(**{**REF["arch"], "input_size": 2}).eval()
+    for p in one.parameters():
+        p.copy_(torch.randn_like(p))
+    x = torch.randn(2, 4, 2, 2)
+    plain = one(x, torch.tensor([3, 900]), torch.tensor([0, 4]))
+    with one.identity_attention(["1"]):
+        torch.testing.assert_close(one(x, torch.tensor([3, 900]), torch.tensor([0, 4])), plain, atol=1e-4, rtol=1e-5)
+    with pytest.raises(GuidanceError, match=r"no self-attention block \['7'\]"):
+        with net.identity_attention(["7"]):
+            pass
+
+
+@torch.no_grad()
+def test_tsg_and_pag_run_on_dit():
+    """The toolkit's TSG (its paper's model is DiT) and PAG (on named blocks) guide a DiT: s = 0 is the model itself,
+    s > 0 moves the prediction."""
+    from guidance.guiders.pag import PerturbedAttentionGuidance
+    from guidance.guiders.tsg import TimeStepGuidance
+    from guidance.sampling.rng import PerImageRNG
+
+    diffusion = create_diffusion(1000, "linear")
+    step, x, y = Step(700, float(diffusion.alphas_cumprod[700]), 0, 1), REF["x"][:2], REF["y"][:2]
+    base = model()(x, step, y).eps
+    for guider, neutral in [(TimeStepGuidance(1.5, noise_scale=2.0), TimeStepGuidance(1.5, noise_scale=0.0)),
+                            (PerturbedAttentionGuidance(1.0, blocks=["1"]), PerturbedAttentionGuidance(0.0, blocks=["1"]))]:
+        preds = []
+        for g in (guider, neutral):
+            den = GuidedDenoiser(g, {"unet": model()})
+            den.reset(2, PerImageRNG(0, range(2)))
+            preds.append(den(x, y, step, clip=False).eps)
+        torch.testing.assert_close(preds[1], base, atol=ATOL, rtol=0)
+        assert (preds[0] - base).abs().max() > 100 * ATOL
+

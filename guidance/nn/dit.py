@@ -22,6 +22,10 @@ own forward does.
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -38,6 +42,32 @@ def _diffusers_dit():
         raise GuidanceError("DiT and SiT models run on diffusers' DiTTransformer2DModel; pip install diffusers "
                             f"({type(e).__name__}: {e})") from None
     return DiTTransformer2DModel
+
+
+@functools.lru_cache(maxsize=None)
+def _once_embedding_class(base: type) -> type:
+    class OnceEmbedding(base):
+        """The time + label conditioning computed once per DiTNetwork forward, as DiT does (diffusers calls it from
+        every block and the final layer): a hook on `time_embed` then sees one call per forward."""
+
+        memo = None  # a list during a DiTNetwork forward
+
+        def forward(self, timestep, class_labels, hidden_dtype=None):
+            if self.memo is None:
+                return super().forward(timestep, class_labels, hidden_dtype=hidden_dtype)
+            if not self.memo:
+                self.memo.append(super().forward(timestep, class_labels, hidden_dtype=hidden_dtype))
+            return self.memo[0]
+
+    return OnceEmbedding
+
+
+class _IdentityAttention:
+    """A diffusers attention processor with the identity attention map (PAG's perturbed pass, Ahn et al. 2024):
+    each token's output is its own value, projected out."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        return attn.to_out[1](attn.to_out[0](attn.to_v(hidden_states)))
 
 
 class DiTNetwork(nn.Module):
@@ -70,14 +100,52 @@ class DiTNetwork(nn.Module):
         if conventions == "dit":
             for block in blocks:
                 block.norm1.emb.time_proj.downscale_freq_shift = 0  # DiT: frequencies exp(−ln(10⁴) i / half)
+        self.shared_embedding = bool(shared_embedding)
         if shared_embedding:
+            emb = blocks[0].norm1.emb
+            emb.__class__ = _once_embedding_class(type(emb))
             for block in blocks[1:]:
-                block.norm1.emb = blocks[0].norm1.emb
+                block.norm1.emb = emb
+
+    @property
+    def time_embed(self) -> nn.Module:
+        """The time embedding after its MLP (TSG perturbs its output with a forward hook); one module, called once
+        per forward, only when the embedder is shared (DiT's layout)."""
+        if not self.shared_embedding:
+            raise AttributeError("time_embed: this DiTNetwork holds one time embedder per block (shared_embedding=False)")
+        return self.transformer.transformer_blocks[0].norm1.emb.timestep_embedder
+
+    def attention_blocks(self) -> dict:
+        """Self-attention of each transformer block, by block index ("0" … str(depth − 1))."""
+        return {str(i): block.attn1 for i, block in enumerate(self.transformer.transformer_blocks)}
+
+    @contextmanager
+    def identity_attention(self, names: Sequence[str]):
+        """Within the block, the named blocks' self-attention uses the identity map (PAG's perturbed pass)."""
+        blocks = self.attention_blocks()
+        unknown = [n for n in names if n not in blocks]
+        if unknown:
+            raise GuidanceError(f"no self-attention block {unknown} in this DiT; it has blocks 0 … {len(blocks) - 1}")
+        saved = {n: blocks[n].processor for n in names}
+        try:
+            for n in names:
+                blocks[n].processor = _IdentityAttention()
+            yield self
+        finally:
+            for n, processor in saved.items():
+                blocks[n].processor = processor
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
             labels = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
-        out = self.transformer(x, timestep=t, class_labels=labels).sample
+        emb = self.transformer.transformer_blocks[0].norm1.emb
+        if self.shared_embedding:
+            emb.memo = []
+        try:
+            out = self.transformer(x, timestep=t, class_labels=labels).sample
+        finally:
+            if self.shared_embedding:
+                emb.memo = None
         if self.velocity == "sit":
             return -out[:, :self.in_channels]  # u = ε − x̂0 = −(SiT's x_data − ε); SiT drops the variance half
         return out
