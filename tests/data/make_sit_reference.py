@@ -10,8 +10,9 @@ Nothing of SiT is restated here: models.py and transport/ are imported from a ch
 Saved: the state dict (every weight random; learn_sigma=True as SiT-XL-2-256x256.pt, whose variance half SiT's
 forward drops), the inputs and outputs of forward (t in [0, 1], t = 1 data), and SiT's ODE Euler chain
 (sample_ode(sampling_method="euler", num_steps=11): 10 steps on t = linspace(0, 1, 11)) with CFG at scale 1.5:
-once with forward_with_cfg as released (first 3 channels guided) and once with CFG on all channels; and the tensor
-names and shapes of the released SiT-XL/2 at 256 px.
+once with forward_with_cfg as released (first 3 channels guided) and once with CFG on all channels; SiT's SDE
+sampler (sample_sde, its sample.py defaults, 11 points) with its noise draws; and the tensor names and shapes of
+the released SiT-XL/2 at 256 px.
 """
 
 import os
@@ -23,6 +24,7 @@ import torch
 sys.path.insert(0, os.environ.get("SIT_SRC", "/tmp/sitsrc"))
 from models import SiT, SiT_models  # noqa: E402  (SiT's)
 from transport import Sampler, create_transport  # noqa: E402  (SiT's)
+from transport import integrators  # noqa: E402
 
 ARCH = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=4,
             learn_sigma=True)
@@ -38,6 +40,33 @@ def all_channel_cfg(model, cfg_scale):
         guided = uncond + cfg_scale * (cond - uncond)
         return torch.cat([guided, guided])
     return forward
+
+
+def sde_chain(model):
+    """SiT's SDE sampler as its sample.py defaults (Euler-Maruyama, diffusion_form="sigma", last_step="Mean",
+    last_step_size=0.04) on 11 points, CFG 1.5 on all channels, with every noise draw it made (for a restatement
+    of this sampler to be checked against; the toolkit has none yet)."""
+    sample_sde = Sampler(create_transport("Linear", "velocity")).sample_sde(
+        sampling_method="Euler", diffusion_form="sigma", diffusion_norm=1.0, last_step="Mean", last_step_size=0.04,
+        num_steps=STEPS)
+    drawn, randn = [], integrators.th.randn
+
+    def recording(*a, **k):
+        n = randn(*a, **k)
+        drawn.append(n[: len(n) // 2].clone())
+        return n
+
+    torch.manual_seed(2)
+    z, yc = torch.randn(2, 4, 8, 8), torch.tensor([0, 2])
+    y2 = torch.cat([yc, torch.full_like(yc, ARCH["num_classes"])])
+    integrators.th.randn = recording
+    try:
+        with torch.no_grad():
+            out = sample_sde(torch.cat([z, z]), all_channel_cfg(model, SCALE), y=y2)[-1][:2]
+    finally:
+        integrators.th.randn = randn
+    return {"steps": STEPS, "diffusion_form": "sigma", "last_step": "Mean", "last_step_size": 0.04, "z": z,
+            "y": yc, "scale": SCALE, "noise": torch.stack(drawn), "all_channels": out}
 
 
 def main():
@@ -63,6 +92,7 @@ def main():
                    "all_channels": full, "unguided": unguided}}
     with torch.device("meta"):
         release = SiT_models["SiT-XL/2"](input_size=32)  # SiT-XL-2-256x256.pt: learn_sigma=True
+    ref["sde"] = sde_chain(model)
     ref["releases"] = {"SiT-XL/2-256": {k: list(v.shape) for k, v in release.state_dict().items()}}
     path = Path(__file__).with_name("sit_tiny_reference.pt")
     torch.save(ref, path)
