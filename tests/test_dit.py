@@ -24,11 +24,12 @@ from guidance.sampling.denoiser import GuidedDenoiser  # noqa: E402
 
 REF = torch.load(Path(__file__).parent / "data" / "dit_tiny_reference.pt", weights_only=True)
 NULL = REF["arch"]["num_classes"]
+ARCH = {("image_size" if k == "input_size" else k): v for k, v in REF["arch"].items()}  # DiT's input_size
 ATOL = 2e-5 * float(REF["out"].abs().max())  # float32 tolerance on outputs of magnitude ~30
 
 
 def network(conventions="dit", shared_embedding=True):
-    net = DiTNetwork(**REF["arch"], conventions=conventions, shared_embedding=shared_embedding).eval()
+    net = DiTNetwork(**ARCH, conventions=conventions, shared_embedding=shared_embedding).eval()
     net.load_state_dict(convert_state_dict(REF["state_dict"], net))
     return net
 
@@ -106,7 +107,7 @@ def test_import_writes_a_snapshot_that_rebuilds_the_model(tmp_path):
 
     src = tmp_path / "DiT-tiny.pt"
     torch.save({"model": {}, "ema": REF["state_dict"]}, src)  # a DiT train.py checkpoint: its EMA weights
-    arch = {**model_config("DiT-S/2"), **REF["arch"]}
+    arch = {**model_config("DiT-S/2"), **ARCH}
     out = import_dit(src, tmp_path / "dit.pt", source="dit", arch=arch)
     net, meta = load_snapshot(out, role="unet")
     extra = meta["extra"]
@@ -119,7 +120,7 @@ def test_import_writes_a_snapshot_that_rebuilds_the_model(tmp_path):
 
 
 def test_a_file_of_another_model_gets_one_line(tmp_path):
-    arch = {**model_config("DiT-S/2"), **REF["arch"]}
+    arch = {**model_config("DiT-S/2"), **ARCH}
     wrong = dict(REF["state_dict"])
     wrong["blocks.1.mlp.fc1.weight"] = torch.zeros(64, 32)
     (tmp_path / "a.pt").write_bytes(b"")
@@ -180,7 +181,7 @@ def test_ddim_chain_equals_diffusers_dit_pipeline():
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
 
     torch.manual_seed(3)
-    net = DiTNetwork(**{**REF["arch"], "num_classes": 1000}).eval()
+    net = DiTNetwork(**{**ARCH, "num_classes": 1000}).eval()
     for p in net.parameters():
         p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 0.1))
     vae = AutoencoderKL(block_out_channels=(8,), layers_per_block=1, norm_num_groups=8, latent_channels=4,
@@ -247,7 +248,7 @@ def test_time_embedding_runs_once_per_forward_and_pag_identity_attention():
         assert (net(REF["x"], REF["t"], REF["y"]) - out).abs().max() > 100 * ATOL
     torch.testing.assert_close(net(REF["x"], REF["t"], REF["y"]), out, atol=0, rtol=0)
     torch.manual_seed(0)
-    one = DiTNetwork(**{**REF["arch"], "input_size": 2}).eval()
+    one = DiTNetwork(**{**ARCH, "image_size": 2}).eval()
     for p in one.parameters():
         p.copy_(torch.randn_like(p))
     x = torch.randn(2, 4, 2, 2)

@@ -22,11 +22,12 @@ from guidance.sampling.flow import FlowEulerSampler  # noqa: E402
 
 REF = torch.load(Path(__file__).parent / "data" / "sit_tiny_reference.pt", weights_only=True)
 NULL = REF["arch"]["num_classes"]
+ARCH = {("image_size" if k == "input_size" else k): v for k, v in REF["arch"].items()}  # DiT's input_size
 ATOL = 2e-5 * float(REF["out"].abs().max())
 
 
 def network():
-    net = DiTNetwork(**REF["arch"], velocity="sit").eval()
+    net = DiTNetwork(**ARCH, velocity="sit").eval()
     net.load_state_dict(convert_state_dict(REF["state_dict"], net))
     return net
 
@@ -98,7 +99,7 @@ def test_import_writes_a_flow_snapshot(tmp_path):
     from guidance.checkpoint import load_snapshot
 
     torch.save(REF["state_dict"], tmp_path / "SiT-tiny.pt")
-    arch = {**model_config("SiT-S/2"), **REF["arch"]}
+    arch = {**model_config("SiT-S/2"), **ARCH}
     out = import_dit(tmp_path / "SiT-tiny.pt", tmp_path / "sit.pt", source="sit", arch=arch)
     net, meta = load_snapshot(out, role="unet")
     assert meta["model_config"]["velocity"] == "sit" and meta["diffusion_config"] is None

@@ -72,13 +72,13 @@ def import_dit(checkpoint: str | Path, out: str | Path, source: str = "dit", mod
     extra = {"origin": f"{'facebookresearch/DiT' if family == 'DiT' else 'willisma/SiT'} {checkpoint.name}",
              "source": source, "model": model or f"{family}-XL/2", "source_sha256": sha256_file(checkpoint),
              "adapter": adapter(family, cfg["num_classes"], cfg["learn_sigma"]), "null_class_trained": True, "p_uncond": 0.1,
-             "latent": _latent(cfg["input_size"] * 8), "conventions": cfg.get("conventions", "dit")}
+             "latent": _latent(cfg["image_size"] * 8), "conventions": cfg.get("conventions", "dit")}
     return save_snapshot(out, "unet", net, cfg, step=0, diffusion_config=diffusion_config(cfg["learn_sigma"]) if family == "DiT" else None,
                          data_config=_data(cfg), extra=extra)
 
 
 def _data(cfg: dict) -> dict:
-    size = cfg["input_size"] * 8
+    size = cfg["image_size"] * 8
     return {"name": f"imagenet{size}", "image_size": size, "channels": 3, "num_classes": cfg["num_classes"]}
 
 
@@ -132,7 +132,7 @@ def _import_diffusers(folder: Path, out, conventions: str, arch: dict | None) ->
     heads, head_dim = int(config.get("num_attention_heads", 16)), int(config.get("attention_head_dim", 72))
     in_ch = int(config.get("in_channels", 4))
     cfg = arch and dict(arch) or {
-        "_target_": "guidance.nn.dit.DiTNetwork", "input_size": int(config.get("sample_size", 32)),
+        "_target_": "guidance.nn.dit.DiTNetwork", "image_size": int(config.get("sample_size", 32)),
         "patch_size": int(config["patch_size"]), "in_channels": in_ch, "hidden_size": heads * head_dim,
         "depth": depth, "num_heads": heads, "num_classes": int(config.get("num_embeds_ada_norm", 1000)),
         "learn_sigma": int(config.get("out_channels") or in_ch) == 2 * in_ch, "velocity": None}
@@ -158,7 +158,7 @@ def _import_diffusers(folder: Path, out, conventions: str, arch: dict | None) ->
     extra = {"origin": f"diffusers DiT folder {root.name}", "source": "diffusers", "model": config.get("_class_name"),
              "source_sha256": sha256_file(weights), "adapter": adapter("DiT", cfg["num_classes"], cfg["learn_sigma"]),
              "null_class_trained": True, "p_uncond": 0.1, "conventions": conventions,
-             "latent": _latent(cfg["input_size"] * 8, str(vae) if vae.is_dir() else None)}
+             "latent": _latent(cfg["image_size"] * 8, str(vae) if vae.is_dir() else None)}
     return save_snapshot(out, "unet", net, cfg, step=0, diffusion_config=diffusion_config(cfg["learn_sigma"]),
                          data_config=_data(cfg),
                          extra=extra)

@@ -33,7 +33,7 @@ def model_config(model: str, image_size: int = 256, learn_sigma: bool = True, nu
         raise GuidanceError(f"image_size={image_size} is not a multiple of 8 (the SD VAE's downsampling)")
     size, patch = model.split("-", 1)[1].split("/")
     depth, hidden, heads = SIZES[size]
-    return {"_target_": "guidance.nn.dit.DiTNetwork", "input_size": image_size // 8, "patch_size": int(patch),
+    return {"_target_": "guidance.nn.dit.DiTNetwork", "image_size": image_size // 8, "patch_size": int(patch),
             "in_channels": 4, "hidden_size": hidden, "depth": depth, "num_heads": heads, "num_classes": num_classes,
             "learn_sigma": bool(learn_sigma), "conventions": conventions, "shared_embedding": shared_embedding,
             "velocity": "sit" if family == "SiT" else None}

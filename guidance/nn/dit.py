@@ -71,12 +71,13 @@ class _IdentityAttention:
 
 
 class DiTNetwork(nn.Module):
-    """A class-conditional DiT/SiT transformer in DiT's naming (models.py): `input_size` latent pixels,
+    """A class-conditional DiT/SiT transformer in DiT's naming (models.py) but for `image_size`, the size of the
+    network's input as for every toolkit network (DiT's input_size: the latent's, image pixels / 8),
     `hidden_size` = heads × head dim, `depth` blocks, `num_classes` + 1 label rows (the last: the null label
-    that label dropout trained). forward(x [B, in_channels, input_size, input_size], t [B], labels [B] or None
-    (= the null label)) -> [B, out, input_size, input_size]."""
+    that label dropout trained). forward(x [B, in_channels, image_size, image_size], t [B], labels [B] or None
+    (= the null label)) -> [B, out, image_size, image_size]."""
 
-    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
+    def __init__(self, image_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
                  depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 1000,
                  learn_sigma: bool = True, conventions: str = "dit", shared_embedding: bool = True,
                  velocity: str | None = None, norm_eps: float = 1e-5):
@@ -89,12 +90,12 @@ class DiTNetwork(nn.Module):
             raise GuidanceError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
         if mlp_ratio != 4.0:  # diffusers' FeedForward has mult=4 fixed in BasicTransformerBlock
             raise GuidanceError(f"mlp_ratio={mlp_ratio}: diffusers' DiT block has a 4x MLP; every DiT/SiT model uses 4")
-        self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
+        self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
         self.learn_sigma, self.conventions, self.velocity = learn_sigma, conventions, velocity
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.transformer = _diffusers_dit()(
             num_attention_heads=num_heads, attention_head_dim=hidden_size // num_heads, in_channels=in_channels,
-            out_channels=self.out_channels, num_layers=depth, sample_size=input_size, patch_size=patch_size,
+            out_channels=self.out_channels, num_layers=depth, sample_size=image_size, patch_size=patch_size,
             num_embeds_ada_norm=num_classes, norm_eps=1e-6 if conventions == "dit" else norm_eps)
         blocks = self.transformer.transformer_blocks
         if conventions == "dit":
