@@ -281,3 +281,30 @@ def test_tsg_and_pag_run_on_dit():
         torch.testing.assert_close(preds[1], base, atol=ATOL, rtol=0)
         assert (preds[0] - base).abs().max() > 100 * ATOL
 
+
+
+@torch.no_grad()
+def test_diffusers_folder_with_diffusers_conventions_and_a_foreign_tensor(tmp_path):
+    """conventions=diffusers imports a folder as diffusers computes it (its module itself, per-block embedders
+    kept); a weights file with a tensor DiT has not gets one line naming it."""
+    from diffusers import DiTTransformer2DModel
+    from safetensors.torch import save_file
+
+    from guidance.checkpoint import load_snapshot
+
+    torch.manual_seed(1)
+    theirs = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                                   num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=4).eval()
+    for p in theirs.parameters():
+        p.copy_(torch.randn_like(p) * 0.3)
+    theirs.save_pretrained(tmp_path / "t")
+    out = import_dit(tmp_path / "t", tmp_path / "d.pt", source="diffusers", conventions="diffusers")
+    net, meta = load_snapshot(out, role="unet")
+    assert meta["model_config"]["shared_embedding"] is False  # random per-block embedders: kept apart
+    expected = theirs(REF["x"], timestep=REF["t"], class_labels=REF["y"]).sample
+    torch.testing.assert_close(net(REF["x"], REF["t"], REF["y"]), expected, atol=1e-5 * float(expected.abs().max()),
+                               rtol=0)
+    state = dict(theirs.state_dict(), **{"down_blocks.0.resnets.0.conv1.weight": torch.zeros(3)})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "t" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(GuidanceError, match=r"tensor down_blocks\.0\.resnets\.0\.conv1\.weight has no place"):
+        import_dit(tmp_path / "t", tmp_path / "d.pt", source="diffusers")
