@@ -106,7 +106,10 @@ def test_import_writes_a_snapshot_that_rebuilds_the_model(tmp_path):
     from guidance.checkpoint import load_snapshot
 
     src = tmp_path / "DiT-tiny.pt"
-    torch.save({"model": {}, "ema": REF["state_dict"]}, src)  # a DiT train.py checkpoint: its EMA weights
+    import argparse
+
+    train_py = {"model": {}, "ema": REF["state_dict"], "opt": {}, "args": argparse.Namespace(model="DiT-S/2")}
+    torch.save(train_py, src)  # a DiT train.py checkpoint: its EMA weights are imported
     arch = {**model_config("DiT-S/2"), **ARCH}
     out = import_dit(src, tmp_path / "dit.pt", source="dit", arch=arch)
     net, meta = load_snapshot(out, role="unet")

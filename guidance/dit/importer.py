@@ -9,6 +9,7 @@ levels: guidance.dit.releases.denoising_model builds the DenoisingModel from it)
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -23,8 +24,11 @@ SOURCES = ("dit", "sit", "diffusers")
 
 
 def _load_pt(path: Path) -> dict:
+    """Tensors only (weights_only: nothing in the file runs); a train.py checkpoint's `args` is an argparse
+    Namespace, a plain attribute bag, allowed as such."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise GuidanceError(f"{path} is not a readable torch file ({type(e).__name__}); download it again") from None
     if isinstance(obj, dict) and isinstance(obj.get("ema"), dict):
