@@ -311,3 +311,9 @@ def test_diffusers_folder_with_diffusers_conventions_and_a_foreign_tensor(tmp_pa
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "t" / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(GuidanceError, match=r"tensor down_blocks\.0\.resnets\.0\.conv1\.weight has no place"):
         import_dit(tmp_path / "t", tmp_path / "d.pt", source="diffusers")
+
+
+def test_release_of_the_other_family_is_refused(tmp_path):
+    torch.save(REF["state_dict"], tmp_path / "a.pt")
+    with pytest.raises(GuidanceError, match="release=SiT-XL/2 is not a DiT model but source=dit"):
+        import_dit(tmp_path / "a.pt", tmp_path / "o.pt", source="dit", model="SiT-XL/2")

@@ -67,18 +67,23 @@ def import_dit(checkpoint: str | Path, out: str | Path, source: str = "dit", mod
     if not checkpoint.is_file():
         raise GuidanceError(f"checkpoint={checkpoint} is not a file; download {family}-XL-2-{image_size}x{image_size}.pt "
                             f"(see {family}'s README)")
+    model = model or f"{family}-XL/2"
+    if not str(model).startswith(f"{family}-"):
+        raise GuidanceError(f"release={model} is not a {family} model but source={source}; name a {family}-… model "
+                            f"(or source={'sit' if family == 'DiT' else 'dit'})")
     state = _load_pt(checkpoint)
-    cfg = dict(arch) if arch else model_config(model or f"{family}-XL/2", image_size, conventions=conventions)
+    cfg = dict(arch) if arch else model_config(model, image_size, conventions=conventions)
     cfg["learn_sigma"] = _learn_sigma(state, cfg)
     cfg["velocity"] = "sit" if family == "SiT" else None
     net = build(cfg, _convert_="all")
     net.load_state_dict(convert_state_dict(state, net, where=str(checkpoint)))
     extra = {"origin": f"{'facebookresearch/DiT' if family == 'DiT' else 'willisma/SiT'} {checkpoint.name}",
-             "source": source, "model": model or f"{family}-XL/2", "source_sha256": sha256_file(checkpoint),
-             "adapter": adapter(family, cfg["num_classes"], cfg["learn_sigma"]), "null_class_trained": True, "p_uncond": 0.1,
-             "latent": _latent(cfg["image_size"] * 8), "conventions": cfg.get("conventions", "dit")}
-    return save_snapshot(out, "unet", net, cfg, step=0, diffusion_config=diffusion_config(cfg["learn_sigma"]) if family == "DiT" else None,
-                         data_config=_data(cfg), extra=extra)
+             "source": source, "model": model, "source_sha256": sha256_file(checkpoint),
+             "adapter": adapter(family, cfg["num_classes"], cfg["learn_sigma"]), "null_class_trained": True,
+             "p_uncond": 0.1, "latent": _latent(cfg["image_size"] * 8), "conventions": cfg.get("conventions", "dit")}
+    diffusion = diffusion_config(cfg["learn_sigma"]) if family == "DiT" else None  # SiT: continuous levels
+    return save_snapshot(out, "unet", net, cfg, step=0, diffusion_config=diffusion, data_config=_data(cfg),
+                         extra=extra)
 
 
 def _data(cfg: dict) -> dict:
