@@ -246,6 +246,7 @@ class StudySettings:
     sampler: str = "dpmpp_2m"
     respacing: str = "ddim10"
     precision: str = "auto"
+    published_precision: Optional[str] = None  # the precision the published tables of this study were made in
     compile: bool = False
     weak_ckpt: Optional[str] = None
     sweep: list = field(default_factory=list)

@@ -244,6 +244,23 @@ def sweep_name_of(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{cfg.study.name}"
 
 
+def say_precision(cfg: DictConfig, device) -> str | None:
+    """Flag a run whose sampling precision is not the one the study's published tables were made in (precision=auto
+    resolves per CPU: bf16 with AMX/AVX512-bf16, else fp32, and the precision moves FID). Returns the note."""
+    from guidance.sampling.runtime import Runtime
+
+    published = cfg.study.get("published_precision")
+    here = Runtime.resolve(cfg.study.precision, "auto", False, device).precision
+    if published is None or here == published:
+        return None
+    note = (f"[precision] this run samples in {here} (precision={cfg.study.precision} on this machine) but the "
+            f"published tables of study '{cfg.study.name}' were made in {published}: its FIDs are not comparable "
+            f"digit for digit (README, 'The main job'); study.precision={published} reproduces them (slowly where the "
+            "CPU has no bf16 units)")
+    tqdm.write(note)
+    return note
+
+
 def say_estimate(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], device) -> float:
     """One line before the sweep: how long its sampling will take here (guidance.estimate: the points' exact
     network rows x a short calibration of each network on this machine). Points with samples already in their
@@ -328,6 +345,7 @@ def run_study(cfg: DictConfig, out_dir: Path, env: distributed.DistEnv, evaluato
     models["weak"] = ensure_weak(cfg, points)
     evaluator = ensure_evaluator(cfg, evaluator_chosen) if env.is_main else Path()
     if env.is_main:
+        say_precision(cfg, env.device)
         say_estimate(cfg, out_dir, points, models, env.device)
     sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator, env.is_main)
     paths = {}

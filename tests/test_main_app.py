@@ -222,3 +222,20 @@ def test_budget_preset_gives_every_strategy_points_at_the_same_budgets():
             budgets.setdefault(p["guidance"], set()).add(steps * unet_passes[p["guidance"]])
     assert all({10, 20} <= b for b in budgets.values()) and budgets["none"] == {10, 20, 40}
     assert len(points) == 19 and {p["sampler"] for p in points} == {"dpmpp_2m"}
+
+
+def test_a_run_in_another_precision_than_the_published_tables_is_flagged(capsys):
+    """Issue 22: precision=auto is bf16 on AMX CPUs and fp32 elsewhere, and the published study was made in bf16."""
+    from hydra import compose, initialize_config_dir
+
+    from guidance.config import CONF_DIR
+    from guidance.study import say_precision
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose("main", overrides=["study=cpu"])
+        same = compose("main", overrides=["study=cpu", "study.precision=bf16"])
+        debug = compose("main", overrides=["study=debug", "study.precision=fp32"])
+    cfg.study.precision = "fp32"
+    note = say_precision(cfg, "cpu")
+    assert note is not None and "samples in fp32" in note and "made in bf16" in note and note in capsys.readouterr().out
+    assert say_precision(same, "cpu") is None and say_precision(debug, "cpu") is None  # debug publishes nothing

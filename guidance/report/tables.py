@@ -138,6 +138,9 @@ def _caption(sweep: Sweep, rows: list[Point]) -> str:
     samplers = sorted({f"{p.info.get('sampler_label') or p.sampler}, {p.steps} steps" for p in rows if p.sampler})
     if samplers:
         parts.append("sampler " + "; ".join(samplers))
+    precisions = sorted({(p.info.get("runtime") or {}).get("precision") for p in rows} - {None})
+    if precisions:  # recorded since the runtime was: it moves FID (bf16 vs fp32), so the table says which made it
+        parts.append("precision " + "/".join(precisions))
     return ". ".join(parts) + "."
 
 
