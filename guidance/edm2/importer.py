@@ -104,7 +104,7 @@ def import_edm2(checkpoint: str | Path, out: str | Path, architecture: str | Non
         "vae": None if f.encoder is None else {"name": f.encoder.get("vae_name"), "path": None},
     }
     latent = f.encoder is not None
-    data = {"name": ("imagenet512" if latent else "imagenet64") if label_dim in (0, 1000) else "edm2",
+    data = {"name": "imagenet512" if latent else "imagenet64",  # EDM2's releases: ImageNet, cond. and uncond.
             "image_size": 8 * f.config["img_resolution"] if latent else f.config["img_resolution"], "channels": 3,
             "num_classes": label_dim or None}
     return save_snapshot(out, "unet", model, config, step=int(named["kimg"]) if named else 0,

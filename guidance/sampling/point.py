@@ -64,6 +64,8 @@ def check_compatible(unet_meta: dict, clf_meta: dict, what: str = "classifier") 
     keys = ("image_size", "in_channels", "num_classes")
     if u.get("num_classes") is None and what == "classifier":  # an unconditional U-Net guided by a classifier
         keys = ("image_size", "in_channels")
+    if c.get("num_classes") is None and what != "classifier":  # an unconditional weak model (EDM2's CFG presets:
+        keys = ("image_size", "in_channels")                   # the unconditional network guides the conditional)
     for key in keys:
         if u.get(key) != c.get(key):
             raise GuidanceError(f"U-Net {unet_name} has {key}={u.get(key)} but {what} {clf_meta['path']} "
