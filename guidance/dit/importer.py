@@ -75,6 +75,8 @@ def import_dit(checkpoint: str | Path, out: str | Path, source: str = "dit", mod
     cfg = dict(arch) if arch else model_config(model, image_size, conventions=conventions)
     cfg["learn_sigma"] = _learn_sigma(state, cfg)
     cfg["velocity"] = "sit" if family == "SiT" else None
+    with torch.device("meta"):  # a file of another model is refused before an XL network's memory is allocated
+        convert_state_dict(state, build(cfg, _convert_="all"), where=str(checkpoint))
     net = build(cfg, _convert_="all")
     net.load_state_dict(convert_state_dict(state, net, where=str(checkpoint)))
     extra = {"origin": f"{'facebookresearch/DiT' if family == 'DiT' else 'willisma/SiT'} {checkpoint.name}",
