@@ -188,6 +188,12 @@ def check_adapter(adapter: Mapping, where: str) -> None:
     if shape is not None and (not isinstance(shape, (list, tuple)) or len(shape) != 3
                               or not all(isinstance(n, int) and n > 0 for n in shape)):
         raise GuidanceError(f"{where}.sample_shape={shape!r} must be [C, H, W] (positive integers) or null")
+    null = adapter.get("null_label")
+    if null is not None and (isinstance(null, bool) or not isinstance(null, int) or null < 1):
+        raise GuidanceError(f"{where}.null_label={null!r} must be the number of classes (the unconditional mode's "
+                            "label) or null (an unconditional network)")
+    if adapter.get("learned_variance") not in (None, True, False):
+        raise GuidanceError(f"{where}.learned_variance={adapter['learned_variance']!r} must be true, false or null")
 
 
 def denoising_model(network: nn.Module, meta: Mapping):

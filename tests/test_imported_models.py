@@ -79,8 +79,8 @@ def check_images(npz, size):
 def test_edm2_autoguidance_with_its_unconditional_network_on_edm2_heun(snaps):
     """EDM2's CFG preset, as EDM2 runs it: the conditional network guided by the unconditional one (autoguidance's
     weak slot), EDM2's Heun on an edm grid, latents decoded with EDM2's standardization."""
-    npz, info = sample(snaps, "edm2", "guidance=autoguidance", "guidance.scale=0.7", f"weak_ckpt={snaps['edm2_uncond']}",
-                       "sampler=edm2_heun", "sampler.respacing=edm3")
+    npz, info = sample(snaps, "edm2", "guidance=autoguidance", "guidance.scale=0.7",
+                       f"weak_ckpt={snaps['edm2_uncond']}", "sampler=edm2_heun", "sampler.respacing=edm3")
     check_images(npz, 32)
     assert info["model"] == {"parameterization": "edm", "noise_input": "sigma", "time_scale": 1.0,
                              "levels": {"kind": "continuous", "sigma_min": 0.002, "sigma_max": 80.0},
@@ -130,3 +130,14 @@ def test_a_latent_import_without_vae_names_its_authors_decoder(snaps):
                                ("DiT", "stabilityai/sd-vae-ft-ema", "ddim")):
         with pytest.raises(GuidanceError, match=f"pass vae=PATH .*its authors use {vae}"):
             sample(snaps, name, "guidance=none", f"sampler={sampler}", "sampler.respacing=edm2", vae=False)
+
+
+def test_the_schema_refuses_malformed_adapter_fields(tmp_path):
+    from guidance.checkpoint import check_adapter
+
+    for bad, needle in (({"sample_shape": [4, 16]}, "must be \\[C, H, W\\]"),
+                        ({"null_label": "1000"}, "number of classes"),
+                        ({"learned_variance": "yes"}, "true, false or null"), ({"latent": {}}, "unknown key")):
+        with pytest.raises(GuidanceError, match=needle):
+            check_adapter(bad, "adapter")
+    check_adapter({"sample_shape": [4, 16, 16], "null_label": None, "learned_variance": False}, "adapter")

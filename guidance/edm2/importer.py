@@ -38,7 +38,8 @@ def snapshot_adapter(config: dict) -> dict:
 def snapshot_meta(config: dict) -> dict:
     """What import_edm2 records for the engine (adapter, model_config, null_class_trained) of an EDM2 config."""
     label_dim = int(config.get("label_dim", 0))
-    return {"adapter": snapshot_adapter(config), "model_config": {"_target_": "guidance.nn.edm2.EDM2Denoiser", **config},
+    return {"adapter": snapshot_adapter(config),
+            "model_config": {"_target_": "guidance.nn.edm2.EDM2Denoiser", **config},
             "extra": {"null_class_trained": False if label_dim else None}}
 
 
@@ -99,7 +100,8 @@ def import_edm2(checkpoint: str | Path, out: str | Path, architecture: str | Non
                  "ema_std": named["ema_std"] if named else None, "notes": list(f.notes),
                  "weights_dtype": "float16" if half else "float32", "encoder": encoder},
         "source_sha256": sha256_file(checkpoint), "sigma_data": float(f.config.get("sigma_data", 0.5)),
-        "class_conditional": bool(label_dim), "null_class_trained": snapshot_meta(f.config)["extra"]["null_class_trained"],
+        "class_conditional": bool(label_dim),
+        "null_class_trained": snapshot_meta(f.config)["extra"]["null_class_trained"],
         "p_uncond": 0.0, "latent": latent_fields(f.encoder),
         "vae": None if f.encoder is None else {"name": f.encoder.get("vae_name"), "path": None},
     }
