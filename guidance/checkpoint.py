@@ -6,11 +6,16 @@ A snapshot is one network, rebuilt by instantiating its `model_config` (`_target
      step, diffusion_config, data_config, extra[, adapter]}
 
 A U-Net snapshot is sampled as a `DenoisingModel` (guidance.engine.model) built from that metadata
-(`denoising_model`, `load_model`): `adapter` (optional; absent in every snapshot before engine v3) declares its
-parameterization, noise input and time scale, default ε on integer timesteps; `diffusion_config` gives its trained
-levels (a GaussianDiffusion), or `adapter.levels = {sigma_min, sigma_max}` continuous ones; the null label is
-`model_config.num_classes` (None: unconditional), `extra.null_class_trained` says whether it was trained (False
-for ADM's conditional releases), `model_config.learn_sigma` whether the output carries a learned variance.
+(`denoising_model`, `load_model`): `adapter` (optional; absent in every snapshot before engine v3; keys
+ADAPTER_KEYS) declares its parameterization, noise input and time scale, default ε on integer timesteps;
+`diffusion_config` gives its trained levels (a GaussianDiffusion), or `adapter.levels = {sigma_min, sigma_max}`
+continuous ones (diffusion_config None); the null label is `adapter.null_label`, default
+`model_config.num_classes` (None: unconditional); `extra.null_class_trained` says whether it was trained (False
+for ADM's and EDM2's conditional releases); `adapter.learned_variance`, default `model_config.learn_sigma`,
+whether the output carries a learned variance; `adapter.sample_shape` [C, H, W], default
+[in_channels, image_size, image_size] of model_config, the shape the samplers draw (`snapshot_geometry`).
+Every importer (guidance-import-adm, -edm2, -dit) writes this one schema. A latent model's `extra.latent` holds
+guidance.engine.latent.LatentDecoder's fields {scale, shift, vae_range, batch_size} (its decoder's declaration).
 
 The training state (`checkpoints/state.pt`) holds everything to continue a run: models, EMAs, optimizers,
 step, RNG states and the resolved config. Every file is written atomically (guidance.io).
@@ -167,7 +172,8 @@ def load_snapshot(path: str | os.PathLike, role: str | None = None, map_location
 # ----------------------------------------------------------------------------------------------------------
 # A U-Net snapshot as the engine's model
 
-ADAPTER_KEYS = ("parameterization", "noise_input", "time_scale", "levels")
+ADAPTER_KEYS = ("parameterization", "noise_input", "time_scale", "levels", "null_label", "learned_variance",
+                "sample_shape")
 
 
 def check_adapter(adapter: Mapping, where: str) -> None:
@@ -178,6 +184,16 @@ def check_adapter(adapter: Mapping, where: str) -> None:
     if levels is not None and (not isinstance(levels, Mapping) or set(levels) - {"sigma_min", "sigma_max"}):
         raise GuidanceError(f"{where}.levels={levels!r} must be {{sigma_min, sigma_max}} (continuous levels) or null "
                             "(the trained timesteps of diffusion_config)")
+    shape = adapter.get("sample_shape")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or len(shape) != 3
+                              or not all(isinstance(n, int) and n > 0 for n in shape)):
+        raise GuidanceError(f"{where}.sample_shape={shape!r} must be [C, H, W] (positive integers) or null")
+    null = adapter.get("null_label")
+    if null is not None and (isinstance(null, bool) or not isinstance(null, int) or null < 1):
+        raise GuidanceError(f"{where}.null_label={null!r} must be the number of classes (the unconditional mode's "
+                            "label) or null (an unconditional network)")
+    if adapter.get("learned_variance") not in (None, True, False):
+        raise GuidanceError(f"{where}.learned_variance={adapter['learned_variance']!r} must be true, false or null")
 
 
 def denoising_model(network: nn.Module, meta: Mapping):
@@ -188,7 +204,6 @@ def denoising_model(network: nn.Module, meta: Mapping):
     where = meta.get("path", "the snapshot")
     adapter = dict(meta.get("adapter") or {})
     check_adapter(adapter, f"{where}: adapter")
-    mc = meta.get("model_config") or {}
     if adapter.get("levels") is not None:
         levels = ContinuousLevels(**adapter["levels"])
     elif meta.get("diffusion_config"):
@@ -196,13 +211,25 @@ def denoising_model(network: nn.Module, meta: Mapping):
     else:
         raise GuidanceError(f"{where} records no diffusion_config (noise schedule); re-save it with "
                             "guidance.checkpoint.save_snapshot(..., diffusion_config=...)")
-    learned = mc.get("learn_sigma")
+    learned = adapter.get("learned_variance", (meta.get("model_config") or {}).get("learn_sigma"))
     return DenoisingModel(network, adapter.get("parameterization", "eps"), levels,
                           noise_input=adapter.get("noise_input", "timestep"),
-                          time_scale=adapter.get("time_scale", 1.0), null_label=mc.get("num_classes"),
+                          time_scale=adapter.get("time_scale", 1.0), null_label=snapshot_geometry(meta)["num_classes"],
                           null_trained=(meta.get("extra") or {}).get("null_class_trained") is not False,
                           learned_variance=None if learned is None else bool(learned),
                           name=f"U-Net {Path(where).name}")
+
+
+def snapshot_geometry(meta: Mapping) -> dict:
+    """{in_channels, image_size, width, num_classes} of a snapshot's samples (the latent's, for a latent model): its
+    adapter's sample_shape / null_label where it declares them (an imported network whose constructor names
+    them otherwise, e.g. EDM2's img_channels, label_dim), else its model_config's. num_classes is the null label."""
+    adapter, mc = meta.get("adapter") or {}, meta.get("model_config") or {}
+    shape = adapter.get("sample_shape")
+    if shape is None:
+        shape = (mc.get("in_channels"), mc.get("image_size"), mc.get("image_size"))
+    classes = adapter["null_label"] if "null_label" in adapter else mc.get("num_classes")
+    return {"in_channels": shape[0], "image_size": shape[1], "width": shape[2], "num_classes": classes}
 
 
 def snapshot_diffusion(diffusion_config: Mapping):

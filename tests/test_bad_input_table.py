@@ -156,6 +156,26 @@ def resumed_with_another_architecture(world):
     app("train", *argv, "model.model_channels=16")
 
 
+def import_wrong_file(world, importer, wrong):
+    """An importer given a file of another model (issue 20): the one line names the first tensor that does not fit.
+    wrong: "adm" (an ADM-style U-Net state dict: the toolkit's), "dit" (DiT's tiny reference), "edm2" (EDM2's)."""
+    data = Path(__file__).parent / "data"
+    path = world / f"{wrong}_state.pt"
+    if wrong == "adm":
+        torch.save(UNet(**{k: v for k, v in UNET.items() if k != "_target_"}).state_dict(), path)
+    else:
+        ref = torch.load(data / f"{wrong}_tiny_reference.pt", weights_only=True)
+        torch.save(ref["state_dict"] if wrong == "dit" else ref["uncond_state"], path)
+    if importer == "edm2":
+        from guidance.edm2 import import_edm2
+
+        import_edm2(path, world / "imported.pt")
+    else:
+        from guidance.dit.importer import import_dit
+
+        import_dit(path, world / "imported.pt", source=importer)  # DiT-XL/2 / SiT-XL/2, checked on the meta device
+
+
 CASES = [  # (what, input, call)
     ("sampling", "`seed=-3`", lambda w: sample(w, "seed=-3")),
     ("sampling", "`guidance.scale=nan`", lambda w: sample(w, "guidance=cfg", "guidance.scale=nan")),
@@ -239,6 +259,9 @@ CASES = [  # (what, input, call)
         w, f"out_dir={w / 'blocker' / 'ev'}")),
     ("main", "`study.num_samples=0`", lambda w: main_study(w, "study.num_samples=0")),
     ("main", "`study.sweep=[]`", lambda w: main_study(w, "study.sweep=[]")),
+    ("import", "a DiT `.pt` to `guidance-import-edm2`", lambda w: import_wrong_file(w, "edm2", "dit")),
+    ("import", "an ADM U-Net `.pt` to `guidance-import-dit`", lambda w: import_wrong_file(w, "dit", "adm")),
+    ("import", "an EDM2 `.pt` to `guidance-import-dit source=sit`", lambda w: import_wrong_file(w, "sit", "edm2")),
 ]
 
 

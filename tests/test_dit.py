@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 from guidance.diffusion import create_diffusion  # noqa: E402
 from guidance.dit import convert_state_dict  # noqa: E402
 from guidance.dit.importer import import_dit  # noqa: E402
-from guidance.dit.releases import denoising_model, model_config  # noqa: E402
+from guidance.dit.releases import model_config  # noqa: E402
 from guidance.engine.model import DenoisingModel  # noqa: E402
 from guidance.engine.prediction import Step  # noqa: E402
 from guidance.errors import GuidanceError  # noqa: E402
@@ -103,7 +103,7 @@ def test_ddpm_chain_with_learned_variance_equals_dits():
 
 @torch.no_grad()
 def test_import_writes_a_snapshot_that_rebuilds_the_model(tmp_path):
-    from guidance.checkpoint import load_snapshot
+    from guidance.checkpoint import load_model
 
     src = tmp_path / "DiT-tiny.pt"
     import argparse
@@ -112,14 +112,18 @@ def test_import_writes_a_snapshot_that_rebuilds_the_model(tmp_path):
     torch.save(train_py, src)  # a DiT train.py checkpoint: its EMA weights are imported
     arch = {**model_config("DiT-S/2"), **ARCH}
     out = import_dit(src, tmp_path / "dit.pt", source="dit", arch=arch)
-    net, meta = load_snapshot(out, role="unet")
+    m, meta = load_model(out)  # the one loader of every snapshot: guidance.checkpoint's adapter schema
     extra = meta["extra"]
-    assert extra["adapter"]["parameterization"] == "eps" and extra["null_class_trained"] is True
-    assert extra["latent"]["scale"] == 0.18215 and len(extra["source_sha256"]) == 64
+    assert meta["adapter"] == {"parameterization": "eps", "noise_input": "timestep", "time_scale": 1.0,
+                               "null_label": NULL, "learned_variance": True, "levels": None}
+    assert extra["null_class_trained"] is True and len(extra["source_sha256"]) == 64
+    assert extra["latent"] == {"scale": [0.18215], "shift": [0.0], "vae_range": [-1.0, 1.0], "batch_size": 8}
+    assert extra["vae"] == {"name": "stabilityai/sd-vae-ft-ema", "path": None}
     assert meta["diffusion_config"]["model_var_type"] == "learned_range"
-    m = denoising_model(net, meta)
-    assert (m.parameterization, m.noise_input, m.null_label, m.learned_variance) == ("eps", "timestep", NULL, True)
-    torch.testing.assert_close(net(REF["x"], REF["t"], REF["y"]), REF["out"], atol=ATOL, rtol=0)
+    assert (m.parameterization, m.noise_input, m.null_label, m.null_trained, m.learned_variance) == (
+        "eps", "timestep", NULL, True, True)
+    assert m.levels.num_timesteps == 1000 and m.levels.model_var_type == "learned_range"
+    torch.testing.assert_close(m.network(REF["x"], REF["t"], REF["y"]), REF["out"], atol=ATOL, rtol=0)
 
 
 def test_a_file_of_another_model_gets_one_line(tmp_path):

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from guidance.checkpoint import load_model
 from guidance.edm2 import (ARCHITECTURES, GENERATION_PRESETS, STABILITY_VAE, architecture, denoising_model,
-                           import_edm2, infer_config, load_edm2_snapshot, parse_file_name, read_edm2_file)
+                           import_edm2, infer_config, parse_file_name, read_edm2_file)
 from guidance.edm2.releases import PARAMETERS
 from guidance.engine.prediction import Step
 from guidance.errors import GuidanceError
@@ -189,7 +190,7 @@ def test_planted_code_never_runs(tmp_path, monkeypatch):
     assert f.encoder["bias"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     out = import_edm2(path, tmp_path / "snap.pt")
     assert not marker.exists()
-    model, meta = load_edm2_snapshot(out)
+    model, meta = load_model(out)
     with torch.no_grad():
         torch.testing.assert_close(model.network(REF["x"], REF["sigma"], REF["labels"]), REF["d_cond"],
                                    rtol=1e-5, atol=2e-5)
@@ -209,18 +210,23 @@ def test_refuses_any_other_global(tmp_path):
 
 def test_import_snapshot_records_origin_and_conditioning(tmp_path):
     out = import_edm2(PKL, tmp_path / "edm2.pt")
-    model, meta = load_edm2_snapshot(out)
+    model, meta = load_model(out)
     extra = meta["extra"]
     assert meta["model_config"]["_target_"] == "guidance.nn.edm2.EDM2Denoiser"
     assert extra["edm2"]["origin"] == PKL.name and extra["edm2"]["weights_dtype"] == "float16"
-    assert len(extra["source_sha256"]) == 64 and extra["parameterization"] == "edm"
-    assert extra["denoising_model"] == {"parameterization": "edm", "noise_input": "sigma", "null_label": 4,
-                                        "null_trained": False, "levels": {
-                                            "_target_": "guidance.engine.model.ContinuousLevels",
-                                            "sigma_min": 0.002, "sigma_max": 80.0}}
-    assert extra["class_conditional"] and extra["null_class_trained"] is False
-    assert extra["latent"]["scale"] == STABILITY_VAE["scale"]
-    assert meta["diffusion_config"]["_target_"] == "guidance.engine.model.ContinuousLevels"
+    assert len(extra["source_sha256"]) == 64
+    assert meta["adapter"] == {"parameterization": "edm", "noise_input": "sigma", "time_scale": 1.0, "null_label": 4,
+                               "learned_variance": False, "levels": {"sigma_min": 0.002, "sigma_max": 80.0},
+                               "sample_shape": [4, 16, 16]}
+    assert extra["class_conditional"] and extra["null_class_trained"] is False and meta["diffusion_config"] is None
+    # the pickled StabilityVAEEncoder as LatentDecoder's fields: EDM2's standardization (LatentDecoder.edm2())
+    from guidance.engine.latent import LatentDecoder
+    edm2 = LatentDecoder.edm2()
+    assert extra["latent"] == {"scale": list(edm2.scale), "shift": list(edm2.shift), "vae_range": [0.0, 1.0],
+                               "batch_size": 8}
+    assert extra["edm2"]["encoder"]["vae_name"] == extra["vae"]["name"] == "stabilityai/sd-vae-ft-mse"
+    assert (model.parameterization, model.noise_input, model.levels.sigma_max, model.learned_variance) == (
+        "edm", "sigma", 80.0, False)
     assert model.null_label == 4 and not model.null_trained
 
 
@@ -230,7 +236,7 @@ def test_state_dict_file_and_wrong_files(tmp_path):
     pt = tmp_path / "uncond.pt"
     torch.save(REF["uncond_state"], pt)
     cfg = dict(REF["uncond_config"])
-    model, meta = load_edm2_snapshot(import_edm2(pt, tmp_path / "u.pt", architecture=None))
+    model, meta = load_model(import_edm2(pt, tmp_path / "u.pt", architecture=None))
     assert meta["extra"]["edm2"]["kind"] == "state_dict" and meta["extra"]["null_class_trained"] is None
     blocks = [b for b in model.network.modules() if getattr(b, "num_heads", 0)]
     assert blocks and all(b.num_heads == 1 for b in blocks)  # the shapes cannot show heads: one per block

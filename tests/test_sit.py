@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 
 from guidance.dit import convert_state_dict  # noqa: E402
 from guidance.dit.importer import import_dit  # noqa: E402
-from guidance.dit.releases import denoising_model, model_config  # noqa: E402
+from guidance.dit.releases import model_config  # noqa: E402
 from guidance.engine.model import ContinuousLevels, DenoisingModel  # noqa: E402
 from guidance.engine.prediction import Step  # noqa: E402
 from guidance.guiders.cfg import ClassifierFreeGuidance  # noqa: E402
@@ -96,15 +96,16 @@ def test_flow_euler_equals_sits_ode_euler():
 
 @torch.no_grad()
 def test_import_writes_a_flow_snapshot(tmp_path):
-    from guidance.checkpoint import load_snapshot
+    from guidance.checkpoint import load_model
 
     torch.save(REF["state_dict"], tmp_path / "SiT-tiny.pt")
     arch = {**model_config("SiT-S/2"), **ARCH}
     out = import_dit(tmp_path / "SiT-tiny.pt", tmp_path / "sit.pt", source="sit", arch=arch)
-    net, meta = load_snapshot(out, role="unet")
+    m, meta = load_model(out)
     assert meta["model_config"]["velocity"] == "sit" and meta["diffusion_config"] is None
-    m = denoising_model(net, meta)
-    assert (m.parameterization, m.noise_input, m.time_scale, m.null_label) == ("flow", "flow_time_reversed", 1.0, NULL)
+    assert meta["adapter"]["levels"] == {"sigma_min": 0.0, "sigma_max": float("inf")}
+    assert (m.parameterization, m.noise_input, m.time_scale, m.null_label, m.null_trained, m.learned_variance) == (
+        "flow", "flow_time_reversed", 1.0, NULL, True, False)
     assert m.continuous and m.levels.sigma_max == float("inf")
     step = sit_step(0.37)
     pred = m(step.from_flow(REF["x"][1:2]), step, REF["y"][1:2])

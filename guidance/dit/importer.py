@@ -1,10 +1,11 @@
 """A DiT/SiT release (a models.py state dict `.pt`, or a diffusers DiT folder) -> a toolkit snapshot (the library
 behind guidance-import-dit).
 
-The snapshot's model_config rebuilds guidance.nn.dit.DiTNetwork; `extra` records the origin, the source file's
-sha256, the engine adapter (parameterization, noise input, null label trained by label dropout, learned variance,
-levels: guidance.dit.releases.denoising_model builds the DenoisingModel from it) and the latent space
-(SD VAE, scale 0.18215; a diffusers folder's own vae/ when it has one).
+The snapshot's model_config rebuilds guidance.nn.dit.DiTNetwork; its `adapter` (guidance.checkpoint's schema,
+guidance.dit.releases.adapter: parameterization, noise input, null label trained by label dropout, learned
+variance, levels) is what guidance.checkpoint.load_model builds the DenoisingModel from; `extra` records the
+origin, the source file's sha256, null_class_trained, the latent space as LatentDecoder's fields (SD VAE,
+x 0.18215) and `vae` (the decoder DiT evaluates with; a diffusers folder's own vae/ when it has one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from guidance.config import build
 from guidance.dit.convert import check_shared, convert_state_dict
-from guidance.dit.releases import DECODER, LATENT_SCALE, adapter, diffusion_config, model_config
+from guidance.dit.releases import DECODER, adapter, diffusion_config, latent, model_config
 from guidance.errors import GuidanceError
 
 SOURCES = ("dit", "sit", "diffusers")
@@ -44,10 +45,9 @@ def _learn_sigma(state: dict, cfg: dict) -> bool:
     return w is None or w.shape[0] != cfg["patch_size"] ** 2 * cfg["in_channels"]
 
 
-def _latent(image_size: int, decoder_path: str | None = None) -> dict:
-    return {"channels": 4, "size": image_size // 8, "scale": LATENT_SCALE, "shift": 0.0, "decoder": DECODER,
-            "decoder_path": decoder_path,
-            "note": "x_latent = scale * AutoencoderKL.encode(x).mean; decode(x_latent / scale), as DiT's sample.py"}
+def _vae(path: str | None = None) -> dict:
+    """The decoder the release evaluates with (guidance-sample's vae=PATH gives its weights)."""
+    return {"name": DECODER, "path": path}
 
 
 def import_dit(checkpoint: str | Path, out: str | Path, source: str = "dit", model: str | None = None,
@@ -75,15 +75,16 @@ def import_dit(checkpoint: str | Path, out: str | Path, source: str = "dit", mod
     cfg = dict(arch) if arch else model_config(model, image_size, conventions=conventions)
     cfg["learn_sigma"] = _learn_sigma(state, cfg)
     cfg["velocity"] = "sit" if family == "SiT" else None
+    with torch.device("meta"):  # a file of another model is refused before an XL network's memory is allocated
+        convert_state_dict(state, build(cfg, _convert_="all"), where=str(checkpoint))
     net = build(cfg, _convert_="all")
     net.load_state_dict(convert_state_dict(state, net, where=str(checkpoint)))
     extra = {"origin": f"{'facebookresearch/DiT' if family == 'DiT' else 'willisma/SiT'} {checkpoint.name}",
-             "source": source, "model": model, "source_sha256": sha256_file(checkpoint),
-             "adapter": adapter(family, cfg["num_classes"], cfg["learn_sigma"]), "null_class_trained": True,
-             "p_uncond": 0.1, "latent": _latent(cfg["image_size"] * 8), "conventions": cfg.get("conventions", "dit")}
+             "source": source, "model": model, "source_sha256": sha256_file(checkpoint), "null_class_trained": True,
+             "p_uncond": 0.1, "latent": latent(), "vae": _vae(), "conventions": cfg.get("conventions", "dit")}
     diffusion = diffusion_config(cfg["learn_sigma"]) if family == "DiT" else None  # SiT: continuous levels
     return save_snapshot(out, "unet", net, cfg, step=0, diffusion_config=diffusion, data_config=_data(cfg),
-                         extra=extra)
+                         extra=extra, adapter=adapter(family, cfg["num_classes"], cfg["learn_sigma"]))
 
 
 def _data(cfg: dict) -> dict:
@@ -165,9 +166,8 @@ def _import_diffusers(folder: Path, out, conventions: str, arch: dict | None) ->
     net.load_state_dict({k: v.float() for k, v in named.items()})
     vae = root / "vae"
     extra = {"origin": f"diffusers DiT folder {root.name}", "source": "diffusers", "model": config.get("_class_name"),
-             "source_sha256": sha256_file(weights), "adapter": adapter("DiT", cfg["num_classes"], cfg["learn_sigma"]),
-             "null_class_trained": True, "p_uncond": 0.1, "conventions": conventions,
-             "latent": _latent(cfg["image_size"] * 8, str(vae) if vae.is_dir() else None)}
+             "source_sha256": sha256_file(weights), "null_class_trained": True, "p_uncond": 0.1,
+             "conventions": conventions, "latent": latent(), "vae": _vae(str(vae) if vae.is_dir() else None)}
     return save_snapshot(out, "unet", net, cfg, step=0, diffusion_config=diffusion_config(cfg["learn_sigma"]),
-                         data_config=_data(cfg),
-                         extra=extra)
+                         data_config=_data(cfg), extra=extra,
+                         adapter=adapter("DiT", cfg["num_classes"], cfg["learn_sigma"]))

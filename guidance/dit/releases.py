@@ -48,27 +48,21 @@ def diffusion_config(learn_sigma: bool = True) -> dict:
 
 
 def adapter(family: str, null_label: int = NULL_LABEL, learn_sigma: bool = True) -> dict:
-    """The DenoisingModel fields of a DiT or SiT network (levels: the snapshot's diffusion_config for DiT,
-    continuous σ ∈ [0, ∞] for SiT, whose t = 0 is pure noise)."""
+    """The snapshot adapter (guidance.checkpoint's schema) of a DiT or SiT network: DiT = ε with learned variance
+    on the snapshot's diffusion_config (its trained timesteps); SiT = flow velocity on continuous σ ∈ [0, ∞]
+    (t = 0 pure noise), fed SiT's t = 1 − τ; its network returns no variance (SiT's forward drops that half).
+    The null label (num_classes) is trained by label dropout in both (extra.null_class_trained True)."""
     if family == "DiT":
         return {"parameterization": "eps", "noise_input": "timestep", "time_scale": 1.0, "null_label": null_label,
-                "null_trained": True, "learned_variance": bool(learn_sigma), "levels": "diffusion_config"}
+                "learned_variance": bool(learn_sigma), "levels": None}
     return {"parameterization": "flow", "noise_input": "flow_time_reversed", "time_scale": 1.0,
-            "null_label": null_label, "null_trained": True, "learned_variance": False,
-            "levels": {"kind": "continuous", "sigma_min": 0.0, "sigma_max": math.inf}}
+            "null_label": null_label, "learned_variance": False,
+            "levels": {"sigma_min": 0.0, "sigma_max": math.inf}}
 
 
-def denoising_model(network, meta: dict):
-    """The engine's DenoisingModel of a network loaded from a DiT/SiT snapshot (its `extra["adapter"]`)."""
-    from guidance.config import build
-    from guidance.engine.model import ContinuousLevels, DenoisingModel
+def latent() -> dict:
+    """DiT's/SiT's latent standardization as guidance.engine.latent.LatentDecoder's fields (LatentDecoder.dit())."""
+    from guidance.engine.latent import LatentDecoder
 
-    spec = dict((meta.get("extra") or {}).get("adapter") or {})
-    if not spec:
-        raise GuidanceError(f"{meta.get('path', 'the snapshot')} records no adapter; import it with guidance-import-dit")
-    levels = spec.pop("levels")
-    if levels == "diffusion_config":
-        levels = build(meta["diffusion_config"])
-    else:
-        levels = ContinuousLevels(levels["sigma_min"], levels["sigma_max"])
-    return DenoisingModel(network, levels=levels, name=meta.get("extra", {}).get("model"), **spec)
+    d = LatentDecoder.dit(LATENT_SCALE)
+    return {"scale": list(d.scale), "shift": list(d.shift), "vae_range": list(d.vae_range), "batch_size": d.batch_size}

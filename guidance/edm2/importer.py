@@ -1,13 +1,14 @@
 """An EDM2 file -> a toolkit snapshot, and the engine's model of an EDM2 network (the library behind
 guidance-import-edm2).
 
-The snapshot's network is guidance.nn.edm2.EDM2Denoiser (model_config `_target_`), its `diffusion_config` the
-continuous levels EDM2 samples on (σ in [0.002, 80], generate_images.py's defaults), and `extra` records the
-origin (file name, sha256, pickle entry, post-hoc EMA length), the parameterization (EDM's D on σ), the class
-conditioning (EDM2's conditional networks never trained an unconditional mode: null_trained False, so CFG on them
-needs EDM2's separate unconditional network as the guiding one, as its presets do) and the latent standardization
-(EDM2's StabilityVAEEncoder: z = raw · scale + bias over the 4 SD-VAE channels; decoding: raw = (z − bias) / scale,
-then the VAE decoder, then clamp(0, 1) · 255 truncated to uint8).
+The snapshot's network is guidance.nn.edm2.EDM2Denoiser (model_config `_target_`); it is read back by
+guidance.checkpoint.load_model like every snapshot, from its `adapter` (guidance.checkpoint's schema: EDM's D on
+continuous σ in [0.002, 80], generate_images.py's defaults; null label = label_dim; the latent's sample shape),
+`extra.null_class_trained` (EDM2's conditional networks never trained an unconditional mode: False, so CFG on them
+is refused and EDM2's separate unconditional network guides them as autoguidance's weak model, as its presets do)
+and `extra.latent` (guidance.engine.latent.LatentDecoder's fields of EDM2's StabilityVAEEncoder: z = raw · scale +
+bias over the 4 SD-VAE channels, on [0, 1] images). `extra.edm2` records the origin (file name, pickle entry,
+post-hoc EMA length, the encoder's class and VAE name) and `extra.source_sha256` the file's hash.
 """
 
 from __future__ import annotations
@@ -23,35 +24,41 @@ ARCH_KEYS = ("img_resolution", "img_channels", "label_dim", "model_channels", "c
              "attn_resolutions")
 
 
-def levels_config() -> dict:
-    return {"_target_": "guidance.engine.model.ContinuousLevels", "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX}
+def snapshot_adapter(config: dict) -> dict:
+    """The snapshot adapter (guidance.checkpoint's schema) of an EDM2Denoiser config: D(x̃; σ) on σ in
+    [0.002, 80] (generate_images.py's defaults); its null label is label_dim (None: unconditional), which a
+    conditional network never trained (extra.null_class_trained False); it samples [img_channels, res, res]."""
+    label_dim = int(config.get("label_dim", 0))
+    res = int(config["img_resolution"])
+    return {"parameterization": "edm", "noise_input": "sigma", "time_scale": 1.0,
+            "levels": {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX}, "null_label": label_dim or None,
+            "learned_variance": False, "sample_shape": [int(config["img_channels"]), res, res]}
 
 
-def denoising_model_config(label_dim: int) -> dict:
-    """DenoisingModel's keyword arguments for an EDM2 network (levels as a _target_ config)."""
-    return {"parameterization": "edm", "noise_input": "sigma", "levels": levels_config(),
-            "null_label": int(label_dim) if label_dim else None, "null_trained": False}
+def snapshot_meta(config: dict) -> dict:
+    """What import_edm2 records for the engine (adapter, model_config, null_class_trained) of an EDM2 config."""
+    label_dim = int(config.get("label_dim", 0))
+    return {"adapter": snapshot_adapter(config),
+            "model_config": {"_target_": "guidance.nn.edm2.EDM2Denoiser", **config},
+            "extra": {"null_class_trained": False if label_dim else None}}
 
 
 def denoising_model(net, name: str | None = None):
-    """The engine's adapter of an EDM2Denoiser: D(x̃; σ) on continuous σ in [0.002, 80]; a conditional network's
-    null label (label_dim) is declared untrained, so strategies needing an unconditional pass of it are refused."""
-    from guidance.engine.model import ContinuousLevels, DenoisingModel
+    """The engine's model of an EDM2Denoiser in memory, built as guidance.checkpoint builds an imported snapshot's
+    (checkpoint.denoising_model on the metadata import_edm2 writes)."""
+    from guidance.checkpoint import denoising_model as from_meta
 
-    label_dim = int(getattr(net, "label_dim", 0))
-    return DenoisingModel(net, "edm", ContinuousLevels(SIGMA_MIN, SIGMA_MAX), "sigma",
-                          null_label=label_dim or None, null_trained=False, name=name or "EDM2Denoiser")
+    config = {"img_resolution": net.img_resolution, "img_channels": net.img_channels, "label_dim": net.label_dim}
+    return from_meta(net, {**snapshot_meta(config), "path": name or "EDM2Denoiser"})
 
 
-def load_edm2_snapshot(path, map_location="cpu"):
-    """A snapshot written by import_edm2 -> (DenoisingModel, meta)."""
-    from guidance.checkpoint import load_snapshot
-
-    net, meta = load_snapshot(path, role="unet", map_location=map_location)
-    if "edm2" not in (meta.get("extra") or {}):
-        raise GuidanceError(f"{path} is not an imported EDM2 snapshot (no extra.edm2); import it with "
-                            "guidance-import-edm2")
-    return denoising_model(net, name=meta["extra"]["edm2"].get("architecture") or Path(path).stem), meta
+def latent_fields(encoder: dict | None) -> dict | None:
+    """A pickled StabilityVAEEncoder as guidance.engine.latent.LatentDecoder's fields: z = raw · scale + bias, so
+    shift = bias; its VAE works on [0, 1] images (encoders.py encodes x / 255, decodes with clamp(0, 1))."""
+    if encoder is None:
+        return None
+    return {"scale": [float(v) for v in encoder["scale"]], "shift": [float(v) for v in encoder["bias"]],
+            "vae_range": [0.0, 1.0], "batch_size": 8}
 
 
 def import_edm2(checkpoint: str | Path, out: str | Path, architecture: str | None = None) -> Path:
@@ -86,25 +93,24 @@ def import_edm2(checkpoint: str | Path, out: str | Path, architecture: str | Non
     if half:  # EDM2 releases are fp16: keep them so (lossless); load_snapshot casts back into the fp32 network
         model = model.half()
     label_dim = int(f.config.get("label_dim", 0))
+    encoder = None if f.encoder is None else {k: v for k, v in f.encoder.items() if k not in ("scale", "bias")}
     extra = {
         "edm2": {"origin": checkpoint.name, "kind": f.kind, "entry": f.key,
                  "architecture": arch.name if arch else None, "kimg": named["kimg"] if named else None,
                  "ema_std": named["ema_std"] if named else None, "notes": list(f.notes),
-                 "weights_dtype": "float16" if half else "float32"},
-        "source_sha256": sha256_file(checkpoint),
-        "parameterization": "edm", "sigma_data": float(f.config.get("sigma_data", 0.5)),
-        "levels": {"kind": "continuous", "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX},
-        "denoising_model": denoising_model_config(label_dim),
-        "class_conditional": bool(label_dim), "num_classes": label_dim or None,
-        "null_class_trained": False if label_dim else None, "p_uncond": 0.0,
-        "latent": f.encoder,
+                 "weights_dtype": "float16" if half else "float32", "encoder": encoder},
+        "source_sha256": sha256_file(checkpoint), "sigma_data": float(f.config.get("sigma_data", 0.5)),
+        "class_conditional": bool(label_dim),
+        "null_class_trained": snapshot_meta(f.config)["extra"]["null_class_trained"],
+        "p_uncond": 0.0, "latent": latent_fields(f.encoder),
+        "vae": None if f.encoder is None else {"name": f.encoder.get("vae_name"), "path": None},
     }
     latent = f.encoder is not None
-    data = {"name": ("imagenet512" if latent else "imagenet64") if label_dim in (0, 1000) else "edm2",
+    data = {"name": "imagenet512" if latent else "imagenet64",  # EDM2's releases: ImageNet, cond. and uncond.
             "image_size": 8 * f.config["img_resolution"] if latent else f.config["img_resolution"], "channels": 3,
             "num_classes": label_dim or None}
     return save_snapshot(out, "unet", model, config, step=int(named["kimg"]) if named else 0,
-                         diffusion_config=levels_config(), data_config=data, extra=extra)
+                         data_config=data, extra=extra, adapter=snapshot_adapter(f.config))
 
 
 DEFAULTS = {"label_dim": 0, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "num_blocks": 3,

@@ -23,7 +23,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from guidance import distributed
-from guidance.checkpoint import load_model, load_snapshot
+from guidance.checkpoint import load_model, load_snapshot, snapshot_geometry
 from guidance.config import build
 from guidance.engine.model import DenoisingModel
 from guidance.errors import GuidanceError, check_scale
@@ -59,11 +59,13 @@ DATA_IDENTITY = ("name", "path", "image_size", "channels", "num_classes")  # wha
 def check_compatible(unet_meta: dict, clf_meta: dict, what: str = "classifier") -> None:
     """Same geometry and classes, and the same DATASET (its snapshots record it): a classifier trained on another
     dataset of the same shape (MNIST for a Fashion-MNIST U-Net) would guide towards the wrong classes."""
-    u, c = unet_meta["model_config"], clf_meta["model_config"]
+    u, c = snapshot_geometry(unet_meta), snapshot_geometry(clf_meta)
     unet_name = unet_meta["path"] or f"unet_model {unet_meta['target']['_target_']}"
     keys = ("image_size", "in_channels", "num_classes")
     if u.get("num_classes") is None and what == "classifier":  # an unconditional U-Net guided by a classifier
         keys = ("image_size", "in_channels")
+    if c.get("num_classes") is None and what != "classifier":  # an unconditional weak model (EDM2's CFG presets:
+        keys = ("image_size", "in_channels")                   # the unconditional network guides the conditional)
     for key in keys:
         if u.get(key) != c.get(key):
             raise GuidanceError(f"U-Net {unet_name} has {key}={u.get(key)} but {what} {clf_meta['path']} "
@@ -94,6 +96,10 @@ def load_networks(cfg: DictConfig, guider, device) -> tuple[dict, dict, dict | N
     if "weak" in guider.networks:
         networks["weak"], unet_meta["weak"], unet_meta["weak_model"] = load_weak(cfg, unet, unet_meta, device)
     if "classifier" in guider.networks:
+        if unet.continuous:  # before the classifier is read: its geometry is not the reason
+            raise GuidanceError(f"guidance={guider.name} needs a noise-aware classifier of the model's noise levels, "
+                                "but the toolkit's and ADM's classifiers take trained timesteps and this model's "
+                                "levels are continuous: use a strategy without a classifier")
         if not cfg.classifier_ckpt:
             raise GuidanceError(f"guidance={guider.name} needs a noise-aware classifier; pass classifier_ckpt=PATH")
         networks["classifier"], clf_meta = load_snapshot(to_absolute_path(cfg.classifier_ckpt), role="classifier",
@@ -124,9 +130,9 @@ def load_unet(cfg: DictConfig, device) -> tuple[DenoisingModel, dict]:
     if (unet_meta.get("extra") or {}).get("low_res"):
         raise GuidanceError(f"{unet_path} is a super-resolution model (ADM {unet_meta['extra'].get('adm_release')}: "
                             "it needs a low-resolution image per sample), which guidance-sample does not run")
-    mc = unet_meta["model_config"]
-    unet_meta.update(sha256=sha256_file(unet_path), shape=(mc["in_channels"], mc["image_size"], mc["image_size"]),
-                     num_classes=mc["num_classes"], target=None)
+    geometry = snapshot_geometry(unet_meta)  # the adapter's sample_shape / null_label, else model_config's
+    unet_meta.update(sha256=sha256_file(unet_path), num_classes=geometry["num_classes"], target=None,
+                     shape=(geometry["in_channels"], geometry["image_size"], geometry["width"]))
     return unet, unet_meta
 
 
@@ -277,8 +283,10 @@ def latent_decoder(cfg: DictConfig, unet, unet_meta: dict, device):
     vae = cfg.get("vae")
     if vae is None:
         if declared is not None and not declared.is_loaded:
+            named = ((unet_meta.get("extra") or {}).get("vae") or {}).get("name")  # an importer's record
             raise GuidanceError("the model runs in the latent space of an autoencoder: pass vae=PATH (a local "
-                                "diffusers AutoencoderKL folder or weights file) to decode its samples")
+                                "diffusers AutoencoderKL folder or weights file"
+                                f"{f', its authors use {named}' if named else ''}) to decode its samples")
         return None if declared is None else declared.to(device)
     if declared is None:
         raise GuidanceError(f"vae={vae} was given but the model samples pixels (it declares no latent space); "
