@@ -8,8 +8,9 @@ memory, an upper bound on the activations one image holds, and images/s measured
 FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device (shapes only: the count of an fp32 forward of
 one image; matmuls, convolutions and attention, 2 FLOPs per multiply-add; elementwise ops not counted), the
 numbers docs/gpu_plan.md multiplies by NFE and samples. Activations: the sum of every leaf module's output for one
-image (fp32), an upper bound on what inference holds at once (it frees most of them as it goes). Throughput: the
-network's forward on `--batch` images (median of `--reps` after one warm-up), random weights, eval mode, no grad.
+image (fp32), a loose upper bound on what inference holds at once (it frees most of them as it goes); on CUDA the
+peak allocated memory of the timed forwards is measured. Throughput: the network's forward on `--batch` images
+(median of `--reps` after one warm-up), random weights, eval mode, no grad.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def throughput(kind: str, arg, shape, device: torch.device, batch: int, reps: in
         p.normal_(0, 0.02)
     net = net.to(device)
     x = torch.randn(batch, *shape, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
     times = []
     with ctx:
@@ -111,7 +114,8 @@ def throughput(kind: str, arg, shape, device: torch.device, batch: int, reps: in
             if i:
                 times.append(time.perf_counter() - t0)
     times.sort()
-    return batch / times[len(times) // 2]
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return batch / times[len(times) // 2], peak
 
 
 def _edm2_grid_guided(lo: float, hi: float, n: int = 32) -> int:
@@ -165,20 +169,20 @@ def main():
     reps = 1 if args.quick else args.reps
     print(f"# {machine(device)}; batch {batch}, {reps} reps, {args.precision}")
     print("| model | input | params (M) | weights fp32 / bf16 (GB) | GFLOP / image forward | activations ≤ MB/image "
-          "| images/s | TFLOP/s achieved |")
-    print("|:---|:---|---:|---:|---:|---:|---:|---:|")
+          "| images/s | TFLOP/s achieved | peak GPU GB |")
+    print("|:---|:---|---:|---:|---:|---:|---:|---:|---:|")
     for name, (kind, arg, shape, what) in MODELS.items():
         if args.only and name not in args.only:
             continue
         s = static(kind, arg, shape)
-        rate = None
+        rate = peak = None
         if not (args.quick and name in QUICK_SKIP):
-            rate = throughput(kind, arg, shape, device, batch, reps, args.precision)
+            rate, peak = throughput(kind, arg, shape, device, batch, reps, args.precision)
         measured = "–" if rate is None else f"{rate:.3g}"
         achieved = "–" if rate is None else f"{rate * s['gflop'] / 1e3:.3g}"
         print(f"| {name} | {'x'.join(map(str, shape))} ({what}) | {s['params_m']:.1f} | "
               f"{s['weights_gb_fp32']:.2f} / {s['weights_gb_fp32'] / 2:.2f} | {s['gflop']:.1f} | {s['acts_mb']:.0f} | "
-              f"{measured} | {achieved} |", flush=True)
+              f"{measured} | {achieved} | {'–' if peak is None else f'{peak:.1f}'} |", flush=True)
 
 
 if __name__ == "__main__":
