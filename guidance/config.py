@@ -28,13 +28,16 @@ def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
 
 def build(node, **kwargs):
     """hydra.utils.instantiate, but a GuidanceError from the constructor stays a one-line GuidanceError (Hydra
-    wraps it in a multi-line InstantiationException)."""
+    wraps it in a multi-line InstantiationException). `kwargs` reach the constructor as they are: merged into
+    the config, a dataclass (ContinuousLevels) would become a DictConfig."""
     from hydra.utils import instantiate
 
     from guidance.errors import GuidanceError
 
     try:
-        return instantiate(node, **kwargs)
+        hydra = {k: v for k, v in kwargs.items() if k.startswith("_")}  # _convert_ etc. are Hydra's
+        objects = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        return instantiate(node, _partial_=True, **hydra)(**objects) if objects else instantiate(node, **hydra)
     except Exception as e:
         cause = e
         while cause is not None and not isinstance(cause, GuidanceError):
