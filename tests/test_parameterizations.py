@@ -6,17 +6,21 @@ must be its paper's update written out, and a v-model and an ε-model of one mix
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from guidance.config import CONF_DIR
 from guidance.diffusion import create_diffusion
 from guidance.engine import Step
 from guidance.engine.model import ContinuousLevels
 from guidance.errors import GuidanceError
 from guidance.guiders import ClassifierFreeGuidance, NoGuidance, build_guider
 from guidance.sampling import SAMPLERS, BatchRNG, GuidedDenoiser
-from guidance.testbed import GaussianMixture, mixture_model
+from guidance.testbed import GaussianMixture, MixtureClassifier, mixture_model
 
 BASE = create_diffusion(1000)
 CONT = ContinuousLevels(0.0, math.inf)  # every σ, σ = ∞ (a flow model's τ = 1) included
@@ -227,3 +231,181 @@ def test_cfg_zero_star_on_the_flow_model_is_the_papers_update_by_hand():
     torch.testing.assert_close(got.double(), x_f, rtol=1e-4, atol=1e-4)
     plain = run(ClassifierFreeGuidance(w), "flow", CONT, s, y, 6)
     assert (plain - got).abs().max() > 1e-2  # CFG-Zero* is not CFG here: the comparison can fail
+
+
+# --- strategies in their own space on every model ---------------------------------------------------------------
+
+WEAK = GaussianMixture(means=MIX.means.tolist(), stds=(1.6 * MIX.stds).tolist(), weights=MIX.weights.tolist())
+# 4x4 one-channel "images" (d = 16) for the strategy tests: FDG's pyramid needs pixels, TCFG/MAMBO norms more than 2
+IMAGE = (1, 4, 4)
+MIX16 = GaussianMixture(means=torch.randn(K, 16, generator=torch.Generator().manual_seed(0)).mul(1.5).tolist(),
+                        stds=[0.6, 0.5, 0.4], weights=[0.5, 0.3, 0.2])
+WEAK16 = GaussianMixture(means=MIX16.means.tolist(), stds=(1.6 * MIX16.stds).tolist(), weights=MIX16.weights.tolist())
+INTERNALS = ("pag", "tsg", "slg", "seg")  # perturb the toolkit U-Net's modules: refused on any other network
+
+
+def strategies():
+    return sorted(p.stem for p in (Path(CONF_DIR) / "guidance").glob("*.yaml"))
+
+
+def strategy(name, scale=1.5):
+    cfg = OmegaConf.load(Path(CONF_DIR) / "guidance" / f"{name}.yaml")
+    if "scale" in cfg:
+        cfg.scale = 0.5 if name == "cfgpp" else scale
+    if name == "slg":
+        cfg.stop = 1.0
+    if name == "apg_mix":
+        cfg.apg_start_step = 1
+    return instantiate(cfg)
+
+
+def networks(parameterization, levels):
+    return {"unet": mixture_model(MIX16, parameterization, levels),
+            "weak": mixture_model(WEAK16, parameterization, levels),
+            "classifier": MixtureClassifier(MIX16, BASE.alphas_cumprod)}
+
+
+def guided(name, parameterization, levels, s, y, seed=0):
+    den = GuidedDenoiser(strategy(name), networks(parameterization, levels))
+    return s.sample(den, (len(y), *IMAGE), y, BatchRNG(seed, len(y)))
+
+
+@pytest.mark.parametrize("parameterization", ["x0", "v", "flow", "edm"])
+def test_every_strategy_is_the_same_on_every_parameterization(parameterization):
+    """A strategy combines in its own space (ε, x̂0, v, flow velocity) whatever the network predicts: the same
+    samples as on the ε model, on trained levels (ddim) and on continuous σ (euler, edm grid; both re-noise for
+    CFG++). Strategies that reach into the U-Net and classifier ones on continuous levels: refusal tests below."""
+    y = torch.arange(24) % K
+    for levels, make in ((BASE, lambda: SAMPLERS["ddim"](BASE, "ddim8", clip_denoised=False)),
+                         (CONT, lambda: SAMPLERS["euler"](CONT, "edm8", clip_denoised=False))):
+        for name in strategies():
+            if name in INTERNALS or (levels is CONT and "classifier" in strategy(name).networks):
+                continue
+            a = guided(name, "eps", levels, make(), y)
+            b = guided(name, parameterization, levels, make(), y)
+            torch.testing.assert_close(b, a, rtol=5e-4, atol=5e-4, msg=f"{name} on {levels}")
+
+
+@pytest.mark.parametrize("name", INTERNALS)
+def test_strategies_perturbing_the_unet_refuse_another_network_in_one_line(name):
+    with pytest.raises(GuidanceError, match="needs guidance.nn.UNet") as e:
+        guided(name, "flow", CONT, SAMPLERS["flow_euler"](CONT, "flow6"), torch.arange(4) % K)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["classifier", "cfg_classifier", "classifier_schedule"])
+def test_classifier_strategies_are_refused_on_continuous_levels(name):
+    with pytest.raises(GuidanceError, match="noise-aware classifier on the model's trained timesteps"):
+        guided(name, "edm", CONT, SAMPLERS["heun"](CONT, "edm6", clip_denoised=False), torch.arange(4) % K)
+
+
+# From σ = ∞ (flow_euler on a flow grid from τ = 1, a flow model): what runs, and what is refused (one line).
+FROM_TAU_ONE = {"none", "cfg", "cfg_interval", "cfg_schedule", "cfg_rescale", "cfg_zero", "apg", "apg_mix", "fdg",
+                "mambo", "icg", "autoguidance", "dynamic_threshold", "pag", "tsg", "slg", "seg"}
+REFUSED_AT_TAU_ONE = {"tcfg": "σ = ∞",  # its tangential filter acts on ε (default space), undefined at ε = x_t
+                      "cfgpp": "needs",  # re-noises with ε_u: needs RENOISE_EPS, which flow_euler lacks
+                      "classifier": "classifier", "cfg_classifier": "classifier", "classifier_schedule": "classifier"}
+
+
+def test_which_strategies_run_from_tau_one():
+    assert FROM_TAU_ONE | set(REFUSED_AT_TAU_ONE) == set(strategies()) and not FROM_TAU_ONE & set(REFUSED_AT_TAU_ONE)
+    y = torch.arange(24) % K
+    for name in strategies():
+        if name in INTERNALS:  # on the toolkit U-Net: tests/test_engine_matrix_params.py (flow_euler, continuous)
+            continue
+        flow_grid = SAMPLERS["flow_euler"](CONT, "flow8")
+        if name in REFUSED_AT_TAU_ONE:
+            with pytest.raises(GuidanceError, match=REFUSED_AT_TAU_ONE[name]) as e:
+                guided(name, "flow", CONT, flow_grid, y)
+            assert "\n" not in str(e.value)
+            continue
+        a = guided(name, "flow", CONT, flow_grid, y)
+        b = guided(name, "x0", CONT, SAMPLERS["flow_euler"](CONT, "flow8"), y)  # the same denoiser, x̂0 output
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=5e-4, atol=5e-4, msg=name)
+    for space in ("eps",):  # the ε-space options of the space-taking strategies are refused there
+        for name in ("cfg_rescale", "cfg_zero", "fdg", "mambo", "apg_mix"):
+            cfg = OmegaConf.load(Path(CONF_DIR) / "guidance" / f"{name}.yaml")
+            cfg.space, cfg.scale = space, 1.5
+            if name == "cfg_zero":
+                cfg.zero_steps = 0
+            if name == "fdg":
+                cfg.parallel_weight = 0.5  # η = 1 is affine (CFG's prediction); η ≠ 1 depends on the space
+            den = GuidedDenoiser(instantiate(cfg), networks("flow", CONT))
+            with pytest.raises(GuidanceError, match="σ = ∞"):
+                SAMPLERS["flow_euler"](CONT, "flow8").sample(den, (4, *IMAGE), y[:4], BatchRNG(0, 4))
+
+
+def test_tsg_time_is_t_over_1000_on_trained_levels_and_tau_on_continuous_ones():
+    from guidance.guiders.tsg import TimeStepGuidance
+
+    g = TimeStepGuidance(scale=1.5, noise_scale=2.0, alpha=2.0)
+    perturbed = lambda step: g.requests(step)[1].perturb.scale
+    assert perturbed(Step(250, float(BASE.alphas_cumprod[250]))) == pytest.approx(2.0 * 0.25 ** 2)
+    assert perturbed(Step.at_sigma(3.0)) == pytest.approx(2.0 * 0.75 ** 2)
+    assert perturbed(Step.at_sigma(math.inf)) == pytest.approx(2.0)
+
+
+def two_passes(parameterization, step, x, y, weak=False):
+    """(conditional, unconditional) Predictions and raw network outputs of one model at the VP x."""
+    m = mixture_model(WEAK if weak else MIX, parameterization, CONT)
+    preds, raws = [], []
+    for labels in (y, torch.full_like(y, K)):
+        raws.append(m.network(m.network_input(x, step), m.noise_level(step, len(x), x.device), labels))
+        preds.append(m.prediction(x, step, raws[-1]))
+    return preds, raws
+
+
+SIGMAS = (0.3, 2.0, 30.0, math.inf)
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_cfg_rescale_rescales_the_v_models_own_output(sigma):
+    """Lin et al. 2024 eqs. 13-16 on the v network's raw outputs, by hand: the guider's v is the model's v."""
+    from guidance.guiders.cfg_rescale import RescaledCFG
+
+    step, w, phi = Step.at_sigma(sigma), 2.0, 0.7
+    x = torch.randn(6, 2, 1, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(6) % K
+    (c, u), (v_c, v_u) = two_passes("v", step, x, y)
+    g = RescaledCFG(scale=w, phi=phi)
+    torch.testing.assert_close(g.output(c, step), v_c, rtol=1e-10, atol=1e-10)  # the network's own v
+    out = g.combine({"cond": c, "uncond": u}, x, step)
+    v_cfg = (1 + w) * v_c - w * v_u
+    std = lambda o: o.flatten(1).std(dim=1).reshape(-1, 1, 1, 1)
+    v = phi * v_cfg * std(v_c) / std(v_cfg) + (1 - phi) * v_cfg
+    torch.testing.assert_close(g.output(out, step), v, rtol=1e-9, atol=1e-9)
+    a, b = math.sqrt(step.alpha_bar), math.sqrt(1 - step.alpha_bar)
+    torch.testing.assert_close(out.x0, a * x - b * v, rtol=1e-9, atol=1e-9)  # x̂0 = sqrt(ᾱ) x_t − sqrt(1 − ᾱ) v
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_apg_projects_the_x0_models_own_output(sigma):
+    """Sadat et al. 2025 Alg. 1 (η = 0, no threshold, no momentum) on the x̂0 network's raw outputs, by hand."""
+    from guidance.guiders.apg import AdaptiveProjectedGuidance
+
+    step, w = Step.at_sigma(sigma), 3.0
+    x = torch.randn(6, 2, 1, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.arange(6) % K
+    (c, u), (d_c, d_u) = two_passes("x0", step, x, y)
+    out = AdaptiveProjectedGuidance(scale=w).combine({"cond": c, "uncond": u}, x, step)
+    diff = d_c - d_u
+    dot = lambda a, b: (a * b).flatten(1).sum(1).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(out.x0, d_c + w * (diff - dot(diff, d_c) / dot(d_c, d_c) * d_c), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sigma", SIGMAS[:3])
+def test_autoguidance_is_edm2s_lerp_of_d_and_the_eps_extrapolation(sigma):
+    """EDM2 (Karras et al. 2024, eq. 1; generate_images.py: D = lerp(D_ref, D, g), g = w + 1) on the EDM
+    networks' raw D, by hand; and the same prediction as extrapolating ε (the combination is affine)."""
+    from guidance.guiders.autoguidance import Autoguidance
+
+    step, w = Step.at_sigma(sigma), 1.5
+    x = torch.randn(6, 2, 1, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.arange(6) % K
+    (main, _), (d, _) = two_passes("edm", step, x, y)
+    (weak, _), (d_weak, _) = two_passes("edm", step, x, y, weak=True)
+    out = Autoguidance(scale=w).combine({"main": main, "weak": weak}, x, step)
+    torch.testing.assert_close(out.x0, torch.lerp(d_weak, d, 1 + w), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.eps, main.eps + w * (main.eps - weak.eps), rtol=1e-7, atol=1e-7)
+    assert (out.x0 - d).abs().max() > 1e-3  # the weak model differs: the check can fail
