@@ -3,7 +3,14 @@
 A snapshot is one network, rebuilt by instantiating its `model_config` (`_target_` + constructor fields):
 
     {format: "guidance-snapshot-v1", role, model_config, state_dict (EMA weights), raw_state_dict (non-EMA),
-     step, diffusion_config, data_config, extra}
+     step, diffusion_config, data_config, extra[, adapter]}
+
+A U-Net snapshot is sampled as a `DenoisingModel` (guidance.engine.model) built from that metadata
+(`denoising_model`, `load_model`): `adapter` (optional; absent in every snapshot before engine v3) declares its
+parameterization, noise input and time scale, default ε on integer timesteps; `diffusion_config` gives its trained
+levels (a GaussianDiffusion), or `adapter.levels = {sigma_min, sigma_max}` continuous ones; the null label is
+`model_config.num_classes` (None: unconditional), `extra.null_class_trained` says whether it was trained (False
+for ADM's conditional releases), `model_config.learn_sigma` whether the output carries a learned variance.
 
 The training state (`checkpoints/state.pt`) holds everything to continue a run: models, EMAs, optimizers,
 step, RNG states and the resolved config. Every file is written atomically (guidance.io).
@@ -77,10 +84,12 @@ def _read(path: str | os.PathLike, what: str, hint: str) -> dict:
 
 def save_snapshot(path: str | os.PathLike, role: str, model: nn.Module, model_config: Mapping, step: int,
                   diffusion_config: Mapping | None = None, data_config: Mapping | None = None,
-                  extra: Mapping | None = None, raw_state_dict: Mapping | None = None) -> Path:
+                  extra: Mapping | None = None, raw_state_dict: Mapping | None = None,
+                  adapter: Mapping | None = None) -> Path:
     """Write `model`'s weights (the EMA ones, when the caller trains with EMA) as a snapshot.
 
     `raw_state_dict` is the non-EMA weights; None means `model` itself is not averaged (both are the same).
+    `adapter` (a U-Net's; keys of ADAPTER_KEYS): how it is sampled, when not ε on integer timesteps.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -89,6 +98,9 @@ def save_snapshot(path: str | os.PathLike, role: str, model: nn.Module, model_co
         raise ValueError("model_config must be a mapping with _target_ so the loader can rebuild the network")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     raw = state if raw_state_dict is None else {k: v.detach().cpu() for k, v in raw_state_dict.items()}
+    adapter = _plain(adapter)
+    if adapter is not None:
+        check_adapter(adapter, "adapter")
     return atomic_torch_save({
         "format": SNAPSHOT_FORMAT,
         "role": role,
@@ -99,6 +111,7 @@ def save_snapshot(path: str | os.PathLike, role: str, model: nn.Module, model_co
         "diffusion_config": _plain(diffusion_config),
         "data_config": _plain(data_config),
         "extra": _plain(extra) or {},
+        **({} if adapter is None else {"adapter": adapter}),
     }, path)
 
 
@@ -149,6 +162,62 @@ def load_snapshot(path: str | os.PathLike, role: str | None = None, map_location
     meta = {k: v for k, v in snap.items() if k not in ("state_dict", "raw_state_dict")}
     meta["path"] = str(path)
     return model, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A U-Net snapshot as the engine's model
+
+ADAPTER_KEYS = ("parameterization", "noise_input", "time_scale", "levels")
+
+
+def check_adapter(adapter: Mapping, where: str) -> None:
+    unknown = sorted(set(adapter) - set(ADAPTER_KEYS))
+    if unknown:
+        raise GuidanceError(f"{where} has unknown key(s) {', '.join(unknown)}; known are {', '.join(ADAPTER_KEYS)}")
+    levels = adapter.get("levels")
+    if levels is not None and (not isinstance(levels, Mapping) or set(levels) - {"sigma_min", "sigma_max"}):
+        raise GuidanceError(f"{where}.levels={levels!r} must be {{sigma_min, sigma_max}} (continuous levels) or null "
+                            "(the trained timesteps of diffusion_config)")
+
+
+def denoising_model(network: nn.Module, meta: Mapping):
+    """The DenoisingModel of a U-Net snapshot's network from its metadata (module docstring): exactly the ε model
+    on integer timesteps that sampling called before the adapters, unless its `adapter` says otherwise."""
+    from guidance.engine.model import ContinuousLevels, DenoisingModel
+
+    where = meta.get("path", "the snapshot")
+    adapter = dict(meta.get("adapter") or {})
+    check_adapter(adapter, f"{where}: adapter")
+    mc = meta.get("model_config") or {}
+    if adapter.get("levels") is not None:
+        levels = ContinuousLevels(**adapter["levels"])
+    elif meta.get("diffusion_config"):
+        levels = snapshot_diffusion(meta["diffusion_config"])
+    else:
+        raise GuidanceError(f"{where} records no diffusion_config (noise schedule); re-save it with "
+                            "guidance.checkpoint.save_snapshot(..., diffusion_config=...)")
+    learned = mc.get("learn_sigma")
+    return DenoisingModel(network, adapter.get("parameterization", "eps"), levels,
+                          noise_input=adapter.get("noise_input", "timestep"),
+                          time_scale=adapter.get("time_scale", 1.0), null_label=mc.get("num_classes"),
+                          null_trained=(meta.get("extra") or {}).get("null_class_trained") is not False,
+                          learned_variance=None if learned is None else bool(learned),
+                          name=f"U-Net {Path(where).name}")
+
+
+def snapshot_diffusion(diffusion_config: Mapping):
+    """The trained (un-respaced) GaussianDiffusion of a diffusion_config: the model's discrete levels."""
+    from guidance.diffusion import create_diffusion
+
+    return create_diffusion(**{k: v for k, v in diffusion_config.items()
+                               if k not in ("_target_", "timestep_respacing")})
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True,
+               option: str = "unet_ckpt"):
+    """A U-Net snapshot as the engine's model -> (DenoisingModel, meta): `load_snapshot` + `denoising_model`."""
+    network, meta = load_snapshot(path, role="unet", map_location=map_location, use_ema=use_ema, option=option)
+    return denoising_model(network, meta), meta
 
 
 # ----------------------------------------------------------------------------------------------------------

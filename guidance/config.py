@@ -28,16 +28,20 @@ def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
 
 def build(node, **kwargs):
     """hydra.utils.instantiate, but a GuidanceError from the constructor stays a one-line GuidanceError (Hydra
-    wraps it in a multi-line InstantiationException). `kwargs` reach the constructor as they are: merged into
-    the config, a dataclass (ContinuousLevels) would become a DictConfig."""
+    wraps it in a multi-line InstantiationException). A dataclass instance among the keyword arguments (a
+    sampler's ContinuousLevels) is handed to the constructor as it is: Hydra would turn it into a config node."""
+    import dataclasses
+
     from hydra.utils import instantiate
 
     from guidance.errors import GuidanceError
 
+    objects = {k: v for k, v in kwargs.items() if dataclasses.is_dataclass(v) and not isinstance(v, type)}
+    kwargs = {k: v for k, v in kwargs.items() if k not in objects}
     try:
-        hydra = {k: v for k, v in kwargs.items() if k.startswith("_")}  # _convert_ etc. are Hydra's
-        objects = {k: v for k, v in kwargs.items() if not k.startswith("_")}
-        return instantiate(node, _partial_=True, **hydra)(**objects) if objects else instantiate(node, **hydra)
+        if objects:
+            return instantiate(node, _partial_=True, **kwargs)(**objects)
+        return instantiate(node, **kwargs)
     except Exception as e:
         cause = e
         while cause is not None and not isinstance(cause, GuidanceError):

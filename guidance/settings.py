@@ -145,6 +145,11 @@ class SampleSettings:
     unet_ckpt: str = "runs/train/fashion_mnist-default/unet.pt"
     classifier_ckpt: Optional[str] = None
     weak_ckpt: Optional[str] = None
+    vae: Optional[str] = None
+    unet_model: Any = None        # a `_target_` config returning a DenoisingModel (instead of unet_ckpt)
+    weak_model: Any = None        # autoguidance's weak model likewise (instead of weak_ckpt)
+    sample_shape: Optional[list] = None   # [C, H, W] of a unet_model's samples
+    num_classes: Optional[int] = None     # a unet_model's classes (null: its null_label)
     num_samples: int = 1000
     batch_size: int = 250
     batching: str = "auto"
@@ -168,6 +173,17 @@ class SampleSettings:
         if self.seed < 0:
             raise GuidanceError(f"seed={self.seed} must be a non-negative integer (image i's noise comes from "
                                 "(seed, i))")
+        for key in ("unet_model", "weak_model"):
+            node = getattr(self, key)
+            if node is not None and not (isinstance(node, dict) and node.get("_target_")):
+                raise GuidanceError(f"{key}={node!r} must be a config with _target_ (a function or class returning a "
+                                    f"guidance.engine.model.DenoisingModel), e.g. '{key}={{_target_: mymodels.build}}'")
+        shape = self.sample_shape
+        if shape is not None and not (len(shape) == 3 and all(isinstance(n, int) and not isinstance(n, bool)
+                                                              and n > 0 for n in shape)):
+            raise GuidanceError(f"sample_shape={shape} must be [C, H, W], three positive integers (e.g. [1,28,28])")
+        if self.num_classes is not None:
+            _positive(self, where, "num_classes")
 
 
 SAMPLE_GROUPS = ("guidance", "sampler", "data", "metrics", "logger", "experiment")

@@ -244,6 +244,39 @@ def sweep_name_of(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{cfg.study.name}"
 
 
+def say_estimate(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], device) -> float:
+    """One line before the sweep: how long its sampling will take here (guidance.estimate: the points' exact
+    network rows x a short calibration of each network on this machine). Points with samples already in their
+    folder are left out (reused in seconds). Returns the estimate in seconds."""
+    from guidance.checkpoint import load_snapshot
+    from guidance.estimate import calibrate, network_rows, sweep_seconds
+    from guidance.sampling.runtime import Runtime
+
+    todo = [p for p in points if not (out_dir / "sweep" / p["name"] / "samples.npz").is_file()]
+    if not todo:
+        return 0.0
+    unet, meta = load_snapshot(models["unet"], role="unet", map_location=device)
+    mc, name = meta["model_config"], sweep_name_of(cfg)
+    rows = [(int(cfg.study.num_samples), network_rows(sample_config(cfg, p, models, name), meta["diffusion_config"]))
+            for p in todo]
+    networks = {"unet": unet}
+    if any(r.get("classifier_forward") for _, r in rows):
+        networks["classifier"] = load_snapshot(models["classifier"], role="classifier", map_location=device)[0]
+    if any(r.get("weak") for _, r in rows):
+        networks["weak"] = load_snapshot(models["weak"], role="unet", map_location=device)[0]
+    runtime = Runtime.resolve(cfg.study.precision, "auto", False, device)
+    batch = int(cfg.study.batch_size)
+    rate = calibrate(networks, (mc["in_channels"], mc["image_size"], mc["image_size"]), batch, runtime,
+                     mc["num_classes"], device)
+    seconds = sweep_seconds(rows, rate)
+    per_image = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in rate.items())
+    tqdm.write(f"[estimate] sampling {len(todo)} points will take about {seconds / 60:.0f} min on this machine "
+               f"({runtime.precision}, batch {batch}; measured per image and pass: {per_image}"
+               + ("; torch.compile runs faster after ~30 s of compilation per network and point" if cfg.study.compile
+                  else "") + "); metrics add about a tenth")
+    return seconds
+
+
 def run_sweep(cfg: DictConfig, out_dir: Path, points: list[dict], models: dict[str, Path], evaluator: Path,
               is_main: bool = True) -> Path:
     """Stage 3: sample + evaluate every point. Samples are reused when their sampling settings match
@@ -294,6 +327,8 @@ def run_study(cfg: DictConfig, out_dir: Path, env: distributed.DistEnv, evaluato
     models = ensure_models(cfg, out_dir)
     models["weak"] = ensure_weak(cfg, points)
     evaluator = ensure_evaluator(cfg, evaluator_chosen) if env.is_main else Path()
+    if env.is_main:
+        say_estimate(cfg, out_dir, points, models, env.device)
     sweep_dir = run_sweep(cfg, out_dir, points, models, evaluator, env.is_main)
     paths = {}
     if env.is_main:

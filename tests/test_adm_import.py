@@ -218,6 +218,13 @@ def test_import_app_writes_a_snapshot_and_refuses_bad_input_in_one_line(imported
     model, meta = load_snapshot(imported["tiny_cond"], role="unet")
     assert meta["extra"]["null_class_trained"] is False and meta["diffusion_config"]["model_var_type"] == "learned_range"
     assert torch.count_nonzero(model.label_emb.weight[10]) == 0  # the zero null row
+    # sampled as ADM's ε on integer timesteps with a learned variance, its null class untrained (engine v3 adapter)
+    from guidance.checkpoint import denoising_model
+
+    adapter = denoising_model(model, meta)
+    assert meta["adapter"] == {"parameterization": "eps", "noise_input": "timestep"}
+    assert (adapter.parameterization, adapter.noise_input, adapter.null_label, adapter.null_trained,
+            adapter.learned_variance, adapter.levels.num_timesteps) == ("eps", "timestep", 10, False, True, 1000)
     run = lambda *a: subprocess.run([sys.executable, "-m", "guidance.apps.import_adm", *a], capture_output=True,
                                     text=True, cwd=tmp_path, timeout=120)
     r = run(f"checkpoint={tmp_path / 'tiny_cond.pt'}", "release=256x256_diffusion", f"out={tmp_path / 'x.pt'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def _run_main(tmp_path, root, *extra):
 def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, tmp_path):
     first = _run_main(tmp_path, fake_fashion_mnist.root)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert re.search(r"\[estimate\] sampling 3 points will take about \d+ min on this machine", first.stdout + first.stderr)
     study = tmp_path / "study"
     assert (study / "train" / "unet.pt").is_file() and (study / "train" / "classifier.pt").is_file()
     # the evaluator's path names its training length (issue 11: a debug evaluator never serves another study)
@@ -42,6 +44,7 @@ def test_main_job_runs_every_stage_and_reuses_finished_work(fake_fashion_mnist, 
     assert again.returncode == 0, again.stderr[-2000:]
     out = again.stdout + again.stderr
     assert "3 of 3 points were already evaluated with these settings" in out and "[evaluator] reusing" in out
+    assert "[estimate]" not in out  # every point's samples are there: nothing to estimate
     assert stamps == {p: (study / "sweep" / p / "samples.npz").stat().st_mtime_ns for p in points}
 
     # Changed sampling settings must not reuse stale points: new samples, new metrics.
@@ -199,3 +202,23 @@ def test_a_sweep_entry_may_name_its_own_sampler_and_an_unknown_one_is_one_line()
         bad = compose("main", overrides=["study.sweep=[{guidance: cfg, scales: [1], sampler: dpm3}]"])
         with pytest.raises(GuidanceError, match="unknown sampler 'dpm3'"):
             sweep_points(bad)
+
+
+def test_budget_preset_gives_every_strategy_points_at_the_same_budgets():
+    """experiment=budget_compare_cpu (issue 22): each strategy has points at about 10 and 20 U-Net passes per
+    sample (CFG two passes per step), so the report's budget table compares them at equal cost."""
+    from hydra import compose, initialize_config_dir
+
+    from guidance.config import CONF_DIR
+    from guidance.study import sweep_points
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        points = sweep_points(compose("main", overrides=["experiment=budget_compare_cpu"]))
+    unet_passes = {"none": 1, "cfg": 2, "classifier": 1}
+    budgets = {}
+    for p in points:
+        if p["guidance"] in unet_passes:
+            steps = int(p["respacing"].removeprefix("ddim"))
+            budgets.setdefault(p["guidance"], set()).add(steps * unet_passes[p["guidance"]])
+    assert all({10, 20} <= b for b in budgets.values()) and budgets["none"] == {10, 20, 40}
+    assert len(points) == 19 and {p["sampler"] for p in points} == {"dpmpp_2m"}

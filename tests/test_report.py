@@ -207,8 +207,8 @@ def test_classifier_table_sfid_best(sweep):
 
 def test_latex_booktabs(report):
     tex = report["tex"].read_text()
-    assert tex.count("\\begin{table}") == 3 and tex.count("\\toprule") == 3 and tex.count("\\bottomrule") == 3
-    assert "\\label{tab:tradeoff-matched-cost}" in tex
+    assert tex.count("\\begin{table}") == 4 and tex.count("\\toprule") == 4 and tex.count("\\bottomrule") == 4
+    assert "\\label{tab:tradeoff-matched-cost}" in tex and "\\label{tab:tradeoff-budget}" in tex  # budget: last
     tex = tex.split("\\begin{table}")[:3]  # the paper tables (the matched-cost table is tested on its own)
     tex = "\\begin{table}".join(tex)
     assert "\\textbf{5.00 $\\pm$ 0.50}" in tex and "96.00 $\\pm$ 2.00 &" in tex

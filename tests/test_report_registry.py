@@ -15,7 +15,7 @@ import pytest
 
 from guidance.guiders import describe_point
 from guidance.metrics.registry import METRICS, MetricSpec
-from guidance.report import build_report, build_tables, collect_sweep, to_csv, to_latex, to_markdown
+from guidance.report import build_report, build_tables, collect_sweep, render, to_csv, to_latex, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_JOB = REPO / "experiments" / "fmnist_cpu_study"
@@ -114,7 +114,7 @@ def test_main_job_tables_rebuild_from_its_stored_points():
     """experiments/fmnist_cpu_study/points holds what the report reads of the main job's 22 points: the committed
     tables must come out of it unchanged (a change to the report that moves a digit fails here)."""
     sweep = collect_sweep(MAIN_JOB / "points", describe_point, progress=False)
-    tables = build_tables(sweep)
-    assert to_markdown(tables) == (MAIN_JOB / "tradeoff.md").read_text()
-    assert to_latex(tables) == (MAIN_JOB / "tradeoff.tex").read_text()
-    assert to_csv(tables, sweep) == (MAIN_JOB / "tradeoff.csv").read_text()
+    md, csv_text, tex = render(sweep)
+    assert md == (MAIN_JOB / "tradeoff.md").read_text()
+    assert tex == (MAIN_JOB / "tradeoff.tex").read_text()
+    assert csv_text == (MAIN_JOB / "tradeoff.csv").read_text()

@@ -30,5 +30,7 @@ def import_adm(checkpoint: str | Path, release_name: str, out: str | Path) -> Pa
     model.load_state_dict(state)
     extra = {"adm_release": rel.name, "source_sha256": sha256_file(checkpoint), "low_res": rel.low_res,
              "null_class_trained": False if rel.class_conditional else None, "p_uncond": 0.0}
+    # ADM's U-Nets predict ε (and a learned variance) at integer timesteps: said in the snapshot for the sampler
+    adapter = {"parameterization": "eps", "noise_input": "timestep"} if rel.role == "unet" else None
     return save_snapshot(out, rel.role, model, rel.model, step=0, diffusion_config=rel.diffusion,
-                         data_config=rel.data, extra=extra)
+                         data_config=rel.data, extra=extra, adapter=adapter)

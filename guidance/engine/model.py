@@ -65,11 +65,14 @@ class DenoisingModel:
     `learned_variance`; None: taken when the output has more channels than x, as ADM's learn_sigma).
     null_label: the class of the unconditional mode (None: an unconditional network, called with labels=None);
     null_trained=False: a conditional network that never trained it (ADM's and EDM2's conditional releases), so
-    strategies needing the unconditional pass are refused."""
+    strategies needing the unconditional pass are refused. decoder: a latent model's `LatentDecoder`
+    (guidance.engine.latent: its autoencoder and latent standardization; None: a pixel-space model); the samplers
+    run on the latents, the denoiser's `decode` turns them into images."""
 
     def __init__(self, network: torch.nn.Module, parameterization: str = "eps", levels=None,
                  noise_input: str = "timestep", time_scale: float = 1.0, null_label: int | None = None,
-                 null_trained: bool = True, learned_variance: bool | None = None, name: str | None = None):
+                 null_trained: bool = True, learned_variance: bool | None = None, name: str | None = None,
+                 decoder=None):
         if parameterization not in PARAMETERIZATIONS:
             raise GuidanceError(f"parameterization={parameterization!r} is unknown; use one of "
                                 f"{', '.join(PARAMETERIZATIONS)}")
@@ -83,6 +86,7 @@ class DenoisingModel:
         self.null_label = None if null_label is None else int(null_label)
         self.null_trained, self.learned_variance = bool(null_trained), learned_variance
         self.name = name or type(network).__name__
+        self.decoder = decoder
 
     @property
     def continuous(self) -> bool:

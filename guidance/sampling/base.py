@@ -30,19 +30,20 @@ from guidance.sampling.grid import continuous_sigmas, kept_timesteps, sigmas_of,
 class Sampler:
     """diffusion: the model's levels (a GaussianDiffusion or ContinuousLevels). respacing: which levels the chain
     visits ("" / None: every trained timestep, or as given by an already respaced diffusion); ADM specs, "edmN"
-    (sigma_min, sigma_max, rho shape the edm grid) or "flowN" (shift, t_min shape the flow grid)."""
+    (sigma_min, sigma_max, rho shape the edm grid) or "flowN" (shift, t_min, shift_t_min shape the flow grid)."""
 
     name = "sampler"
     label = "sampler"  # the report's name for it (subclasses add their parameters)
 
     def __init__(self, diffusion, respacing: str | int | None = None, clip_denoised: bool = True,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, shift: float = 1.0,
-                 t_min: float | None = None):
+                 t_min: float | None = None, shift_t_min: bool = False):
         self.respacing = "" if respacing is None else str(respacing)
         self.clip_denoised = bool(clip_denoised)
         self.levels = diffusion if is_continuous(diffusion) else None
         if self.levels is not None:  # the grid's σ exactly; DDPM's / DDIM's VP chain built when asked for
-            self.chain_sigmas = continuous_sigmas(respacing, diffusion, sigma_min, sigma_max, rho, shift, t_min)
+            self.chain_sigmas = continuous_sigmas(respacing, diffusion, sigma_min, sigma_max, rho, shift, t_min,
+                                                  bool(shift_t_min))
             self._diffusion = None
             return
         self.trained_t = diffusion.timestep_map.numpy()         # timesteps the networks know (for snapping)
@@ -51,7 +52,8 @@ class Sampler:
         if respacing not in (None, ""):
             if not np.array_equal(self.trained_t, np.arange(diffusion.num_timesteps)):
                 raise GuidanceError("pass the un-respaced diffusion together with sampler.respacing (not both respaced)")
-            kept = kept_timesteps(diffusion.alphas_cumprod, respacing, sigma_min, sigma_max, rho, shift, t_min)
+            kept = kept_timesteps(diffusion.alphas_cumprod, respacing, sigma_min, sigma_max, rho, shift, t_min,
+                                  bool(shift_t_min))
             betas, kept = respace_betas(diffusion.betas, kept)
             diffusion = GaussianDiffusion(betas, model_var_type=diffusion.model_var_type, loss_type=diffusion.loss_type,
                                           timestep_map=kept)

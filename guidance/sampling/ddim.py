@@ -4,6 +4,9 @@
 x_{t−1} = sqrt(ᾱ_{t−1}) x̂0 + sqrt(1 − ᾱ_{t−1} − σ_t²) ε + σ_t z
 A classifier term acts on ε (ADM Alg. 2): x̂0 is re-derived from the guided ε and NOT clipped again, exactly as
 ADM's ddim_sample. η = 0 is deterministic, η = 1 matches DDPM's β̃ variance.
+ADM's semantics on a discrete VP model; on every other model (guidance.engine.model: x̂0, v, flow, EDM, continuous
+levels) the same update on the VP view of its chain, ᾱ_i = 1/(1 + σ_i²) of the grid's σ (Sampler.diffusion). A
+chain from σ = ∞ (a flow grid's τ = 1) has no such step and is refused.
 Capabilities: GRAD_IN_EPS; RENOISE_EPS at η = 0 (x̂0 re-noised with the prediction's renoise_eps alone: CFG++'s
 Alg. 1; with η > 0 the fresh noise σ_t z has no form in CFG++'s paper).
 """

@@ -2,7 +2,9 @@
 
 x_{t−1} = μ(x_t, x̂0) + Σ·grad + σ_t z: μ is the posterior mean at the (clipped) x̂0, Σ the model's variance
 (fixed, or learned-range from the prediction's v), grad the guider's classifier term s∇log p (ADM Alg. 1);
-no noise at the last step. Capabilities: GRAD_IN_MEAN (it re-noises with fresh noise, never with a given ε).
+no noise at the last step. ADM's semantics on a discrete VP model; on every other model the same
+posterior on the VP view of its chain (ᾱ_i = 1/(1 + σ_i²) of the grid's σ; a continuous model's variance is the fixed
+β̃ unless it outputs a learned range); a chain from σ = ∞ is refused (no VP step from there). Capabilities: GRAD_IN_MEAN (it re-noises with fresh noise, never with a given ε).
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from guidance.engine import ClassifierGrad, Eval, Labels, Prediction, Step, cost_per_sample
+from guidance.engine.cost import DECODER
 from guidance.engine.model import DenoisingModel, as_model
 from guidance.errors import GuidanceError
-from guidance.sampling.flops import forward_flops, gradient_flops, perturbed_flops
+from guidance.sampling.flops import counted, forward_flops, gradient_flops, perturbed_flops
 from guidance.sampling.runtime import Runtime, auto_policy
 
 STRATEGY_STREAM = 2  # per-image random stream of strategies' own draws (0: noise, 1: labels; guidance.sampling.rng)
@@ -40,12 +41,15 @@ class GuidedDenoiser:
     `null_trained=False`: a class-conditional U-Net that never trained that class (ADM's releases), so passes at the
     null label are refused. Both default to what the U-Net's DenoisingModel declares. `measure_flops`: measure each pass's FLOPs
     at its first run (one extra one-image forward, or forward + backward, per kind of pass; run_sample turns it on)
-    so cost_per_sample() also says GFLOP/sample."""
+    so cost_per_sample() also says GFLOP/sample. `decoder`: a latent model's LatentDecoder (default: the U-Net
+    DenoisingModel's, None for a pixel model); `decode(x)` turns a finished chain's latents into images, counted
+    as "decoder" rows (not NFE) with its FLOPs measured once."""
 
     BATCHING = ("auto", "stacked", "split")
 
     def __init__(self, guider, networks: dict, null_label=FROM_MODEL, batching: str = "auto",
-                 runtime: Runtime | None = None, null_trained=FROM_MODEL, measure_flops: bool = False):
+                 runtime: Runtime | None = None, null_trained=FROM_MODEL, measure_flops: bool = False,
+                 decoder=FROM_MODEL):
         if batching not in self.BATCHING:
             raise GuidanceError(f"batching={batching!r} is unknown; use one of {', '.join(self.BATCHING)}")
         missing = [n for n in guider.networks if networks.get(n) is None]
@@ -53,6 +57,13 @@ class GuidedDenoiser:
             raise GuidanceError(f"guidance={guider.name} needs the network(s) {missing}; "
                                 f"{'pass classifier_ckpt=PATH' if 'classifier' in missing else 'load them first'}")
         null_label, null_trained = self.conditioning(networks.get("unet"), null_label, null_trained)
+        unet = networks.get("unet")
+        if decoder is FROM_MODEL:
+            decoder = unet.decoder if isinstance(unet, DenoisingModel) else None
+        if decoder is not None and not decoder.is_loaded:  # before any sampling work
+            raise GuidanceError("this model runs in the latent space of an autoencoder whose weights were not "
+                                "loaded: pass vae=PATH (a local AutoencoderKL folder or file)")
+        self.decoder = decoder
         self.models = {n: v for n, v in networks.items() if isinstance(v, DenoisingModel)}
         networks = {n: v.network if isinstance(v, DenoisingModel) else v for n, v in networks.items()}
         self.guider, self.networks = guider, networks
@@ -160,12 +171,13 @@ class GuidedDenoiser:
         k, model = len(evals), self.model(network)
         net = self.networks[network] if perturbed else self.fast[network]
         x_in, t = model.network_input(x, step), model.noise_level(step, len(x), x.device)
-        labels = [self.model_labels(e.labels, y) for e in evals]
+        unconditional = self.label_free(network)
+        labels = [None if unconditional else self.model_labels(e.labels, y) for e in evals]
         with self.runtime.autocast(x.device):
             if k == 1 or self.batching_for(x.device) == "split":
                 out = torch.cat([net(x_in, t, ys) for ys in labels])
             else:
-                out = net(torch.cat([x_in] * k), torch.cat([t] * k), torch.cat(labels))
+                out = net(torch.cat([x_in] * k), torch.cat([t] * k), None if unconditional else torch.cat(labels))
         out = out.to(x.dtype)  # under autocast: the guider's and the sampler's math stays in x's precision
         self.counts[network] += k * len(x)
         if perturbed:
@@ -176,6 +188,11 @@ class GuidedDenoiser:
         for e, chunk in zip(evals, out.chunk(k)):
             preds[e.name] = model.prediction(x, step, chunk)  # ε and x̂0 from the model's parameterization
         return preds
+
+    def label_free(self, network: str) -> bool:
+        """A second denoising network declared unconditional (EDM2's unconditional companion, the weak model of its
+        CFG presets) is called without labels, as its DenoisingModel says; the U-Net's passes keep their checks."""
+        return network != "unet" and self.model(network).null_label is None
 
     def classifier_grad(self, r: ClassifierGrad, x, y, step: Step) -> torch.Tensor:
         """Summing the selected log-probs gives each image its own gradient (eval mode: images independent)."""
@@ -207,9 +224,20 @@ class GuidedDenoiser:
             return
         network, model = self.networks[name], self.model(name)
         x_in, t = model.network_input(x[:1], step), model.noise_level(step, 1, x.device)
-        labels = None if self.null_label is None else y[:1]
+        labels = None if self.null_label is None or self.label_free(name) else y[:1]
         self.flops[key] = (forward_flops(network, x_in, t, labels) if perturb is None
                            else perturbed_flops(network, perturb, x_in, t, labels))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """A finished chain's images: x itself for a pixel model; a latent model's decoded latents (in the
+        decoder's batches), each one counted under DECODER and the decoder's FLOPs per image measured once."""
+        if self.decoder is None:
+            return x
+        if self.flops is not None and DECODER not in self.flops:
+            self.flops[DECODER] = counted(lambda: self.decoder(x[:1]))
+        images = self.decoder(x)
+        self.counts[DECODER] += len(x)
+        return images
 
     def cost_per_sample(self) -> dict[str, float]:
         return cost_per_sample(self.counts, self.images, self.flops)

@@ -28,11 +28,12 @@ def batch_ranges(num_samples: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def sample_batch(sampler, denoiser, shape, start, end, seed, num_classes, labels, device):
-    """Images start..end-1, from their own seeds: the same at any batch size, on any rank."""
+    """Images start..end-1, from their own seeds: the same at any batch size, on any rank. `shape`: what the
+    sampler samples (a latent model's latent shape; the denoiser decodes the finished latents into images)."""
     rng = PerImageRNG(seed, range(start, end), device=device)
     y = rng.labels(num_classes, labels)
     x = sampler.sample(denoiser, (len(rng), *shape), y, rng)
-    return to_uint8(x).cpu(), y.cpu()
+    return to_uint8(denoiser.decode(x)).cpu(), y.cpu()
 
 
 def part_path(parts_dir: Path, start: int, end: int) -> Path:
@@ -86,10 +87,19 @@ def merge_parts(parts_dir: Path, num_samples: int, batch_size: int) -> tuple[tor
     return torch.cat(images), torch.cat(ys), total
 
 
+# Fields that points sampled before them do not record, with what those points were made at: every model before
+# the adapters (engine v3) was an ε network on its trained timesteps (its null label: from its snapshot's content).
+UNRECORDED = {"model": {"parameterization": "eps", "noise_input": "timestep", "time_scale": 1.0,
+                        "levels": {"kind": "discrete"}}}
+
+
 def same_setting(key: str, old, new, match_keys) -> bool:
     """One sample_info field agrees. The strategy's config ("guider") is compared without its top-level class path
     and preset name when "strategy" (which names both) is matched too: a point sampled by a class that became a
-    preset of another (cfg_interval, cfg_schedule, classifier_schedule: same fields, same samples) is recognised."""
+    preset of another (cfg_interval, cfg_schedule, classifier_schedule: same fields, same samples) is recognised.
+    A field an older point lacks (UNRECORDED) agrees with the value it was made at."""
+    if old is None and key in UNRECORDED and isinstance(new, dict):
+        return all(new.get(k) == v for k, v in UNRECORDED[key].items())
     if key == "guider" and "strategy" in match_keys and isinstance(old, dict) and isinstance(new, dict):
         fields = lambda cfg: {k: v for k, v in cfg.items() if k not in ("_target_", "preset")}
         return fields(old) == fields(new)

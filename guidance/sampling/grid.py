@@ -8,7 +8,10 @@ are first clamped to the model's own range [σ(0), σ(T−1)], then the grid is 
 
 "flowN": N flow times τ_i = linspace(1, t_min, N) (t_min default 1/N: τ_i = 1 − i/N, the rectified-flow Euler
 grid), then SD3's shift τ' = s τ / (1 + (s − 1) τ) (Esser et al. 2024, eq. 23), as σ_i = τ_i / (1 − τ_i) (σ = ∞ at
-τ = 1: pure noise, a flow model's start).
+τ = 1: pure noise, a flow model's start). diffusers' FlowMatchEulerDiscreteScheduler (set_timesteps) runs its
+linspace from its own shifted training range, 1 to shift(1/T), and shifts that grid again: t_min = 1/T with
+`shift_t_min` (the end point shifted before the linspace) is its grid exactly (T = num_train_timesteps, 1000);
+its Flux-style dynamic shifting (set_timesteps(mu=μ), exponential) is shift = e^μ with t_min = 1/T, unshifted.
 
 On a model with CONTINUOUS noise levels (guidance.engine.model.ContinuousLevels) an edmN or flowN grid is used
 exactly (σ_min/σ_max clamped to the model's range, as EDM); ADM's specs name trained timesteps and are refused.
@@ -52,15 +55,22 @@ def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> np.nda
     return (sigma_max ** (1 / rho) + i * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-def flow_sigmas(n: int, shift: float = 1.0, t_min: float | None = None) -> np.ndarray:
-    """The flowN grid as σ, decreasing (inf first when it starts at τ = 1), without the final σ = 0."""
+def shift_time(tau, shift: float):
+    """SD3's time shift τ' = s τ / (1 + (s − 1) τ) (Esser et al. 2024, eq. 23); τ = 1 stays exactly 1."""
+    tau = np.asarray(tau, dtype=np.float64)
+    out = np.where(tau == 1.0, 1.0, shift * tau / (1 + (shift - 1) * tau))
+    return float(out) if out.ndim == 0 else out
+
+
+def flow_sigmas(n: int, shift: float = 1.0, t_min: float | None = None, shift_t_min: bool = False) -> np.ndarray:
+    """The flowN grid as σ, decreasing (inf first when it starts at τ = 1), without the final σ = 0.
+    shift_t_min: the linspace ends at shift(t_min) (diffusers' grid with t_min = 1/num_train_timesteps)."""
     if n < 1:
         raise GuidanceError(f"a flow grid needs at least 1 step, got {n}")
     t_min = 1.0 / n if t_min is None else float(t_min)
     if not (0 < t_min <= 1) or shift <= 0:
         raise GuidanceError(f"flow grid needs 0 < t_min <= 1 and shift > 0, got t_min={t_min}, shift={shift}")
-    tau = np.linspace(1.0, t_min, n, dtype=np.float64)
-    tau = shift * tau / (1 + (shift - 1) * tau)
+    tau = shift_time(np.linspace(1.0, shift_time(t_min, shift) if shift_t_min else t_min, n, dtype=np.float64), shift)
     with np.errstate(divide="ignore"):
         return np.where(tau >= 1.0, np.inf, tau / np.maximum(1.0 - tau, 1e-300))
 
@@ -73,7 +83,7 @@ def grid_count(spec: str, prefix: str) -> int:
 
 
 def continuous_sigmas(spec, levels, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                      shift: float = 1.0, t_min: float | None = None) -> np.ndarray:
+                      shift: float = 1.0, t_min: float | None = None, shift_t_min: bool = False) -> np.ndarray:
     """The chain's σ, decreasing, on a model with continuous levels (edmN or flowN, used exactly)."""
     spec = "" if spec is None else str(spec).strip()
     if spec.startswith("edm"):
@@ -83,7 +93,7 @@ def continuous_sigmas(spec, levels, sigma_min: float = 0.002, sigma_max: float =
                                 f"σ range [{levels.sigma_min:g}, {levels.sigma_max:g}]")
         return edm_sigmas(grid_count(spec, "edm"), lo, hi, rho)
     if spec.startswith("flow"):
-        sigmas = flow_sigmas(grid_count(spec, "flow"), shift, t_min)
+        sigmas = flow_sigmas(grid_count(spec, "flow"), shift, t_min, shift_t_min)
         outside = (sigmas > levels.sigma_max) | (sigmas < levels.sigma_min)
         if outside.any():
             raise GuidanceError(f"flow grid {spec!r} reaches σ = {sigmas[outside][0]:g}, outside the model's range "
@@ -97,14 +107,16 @@ MIN_KEPT = 0.8  # an edmN grid must keep this share of its N levels after mergin
 
 
 def kept_timesteps(alphas_cumprod, spec: str | int, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                   rho: float = 7.0, shift: float = 1.0, t_min: float | None = None) -> list[int]:
+                   rho: float = 7.0, shift: float = 1.0, t_min: float | None = None,
+                   shift_t_min: bool = False) -> list[int]:
     """Sorted original timesteps kept by `spec` on a schedule with these ᾱ (one per trained timestep)."""
     spec = str(spec).strip()
     T = len(alphas_cumprod)
     sigmas = sigmas_of(alphas_cumprod)
     if spec.startswith("flow"):  # σ = ∞ snaps to the noisiest trained level
         n = grid_count(spec, "flow")
-        return check_kept(sorted({snap_to_timestep(s, sigmas) for s in flow_sigmas(n, shift, t_min)}), n, T, spec)
+        kept = {snap_to_timestep(s, sigmas) for s in flow_sigmas(n, shift, t_min, shift_t_min)}
+        return check_kept(sorted(kept), n, T, spec)
     if not spec.startswith("edm"):
         return sorted(space_timesteps(T, spec))
     n = grid_count(spec, "edm")

@@ -2,10 +2,11 @@
 
 The chain runs on x̃ = x_t / sqrt(ᾱ_t) = x̂0 + σ ε, σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), along dx̃/dσ = (x̃ − D(x̃; σ))/σ = ε
 (EDM eq. 3 with s(t) = 1), from σ of the first timestep down to σ = 0. The denoiser sees the VP input
-x_t = x̃ / sqrt(1 + σ²) at an original timestep; a classifier term enters through ε (ADM Alg. 2).
+x_t = x̃ / sqrt(1 + σ²) at an original timestep (a continuous model: at the grid's σ exactly, its adapter turning
+x_t back into its own x̃); a classifier term enters through ε (ADM Alg. 2).
 
 Churn (EDM Alg. 2): γ_i = min(s_churn / N, sqrt(2) − 1) for s_tmin <= σ_i <= s_tmax, else 0;
-σ̂ = σ_i (1 + γ_i) snapped to a trained timestep (grid.py; kept only if above t_i), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z,
+σ̂ = σ_i (1 + γ_i) snapped to a trained timestep (grid.py; kept only if above t_i; a continuous model: σ̂ itself), x̂ = x̃ + sqrt(σ̂² − σ_i²) s_noise z,
 N the chain's step count after merging. Both evaluations of a step carry the step's index and σ_i (guidance.engine.Step).
 Euler without churn is DDIM with η = 0 on the same timesteps (both are exact Euler steps of this ODE).
 Capabilities: GRAD_IN_EPS; RENOISE_EPS for Euler without churn (x̃_{i+1} = x̂0 + σ_{i+1} ε', CFG++'s Euler form);
@@ -119,7 +120,13 @@ class EDM2HeunSampler(HeunSampler):
     x̂0. It differs from `heun` (the same update) only in these defaults and that prior: `heun` starts from ADM's
     VP prior x_T ~ N(0, I), x̃ = sqrt(1 + σ_0²) n (a factor 1.00008 at σ_0 = 80) and clips x̂0 by default. On a
     discrete VP model σ_max is clamped to the model's range and every grid σ snaps to a trained timestep (grid.py),
-    as EDM's iDDPMPrecond does; a continuous EDM2 network would use the grid's σ exactly.
+    as EDM's iDDPMPrecond does. On a continuous EDM network (DenoisingModel(parameterization="edm",
+    noise_input="sigma") on ContinuousLevels) the grid's σ is used exactly and the chain equals edm2's
+    `edm_sampler` to float tolerance (tests/test_reference_samplers.py): churn, CFG (w = edm2's guidance − 1),
+    autoguidance (the weak network a second DenoisingModel) and EDM2's CFG presets (autoguidance whose weak model
+    is the unconditional companion, declared with null_label=None and so called without labels).
+    `heun` / `euler` (EDM Alg. 1 without the correction) take the same steps from ADM's prior; fed n' =
+    n sqrt(1 + σ_0²)/σ_0 with clip_denoised=false they equal edm_sampler (the same test).
     Capabilities: classifier term in ε form; deterministic (churn off); no re-noising with a given ε."""
 
     name = "edm2_heun"
