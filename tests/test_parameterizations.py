@@ -58,7 +58,6 @@ def sampler(name, levels, steps=None):
     grid = discrete if levels is BASE else continuous
     if steps is not None:  # a short chain of the same kind
         grid = grid.rstrip("0123456789") + str(steps)
-        grid = "edm" + str(steps) if grid in ("ddim" + str(steps), str(steps)) and levels is not BASE else grid
     return SAMPLERS[name](levels, grid, clip_denoised=False, **kwargs)
 
 
