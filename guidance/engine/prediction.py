@@ -106,9 +106,9 @@ class Prediction:
         """x̂0 = (x_t − sqrt(1 − ᾱ_t) ε) / sqrt(ᾱ_t)."""
         ab = step.alpha_bar
         if ab == 0:
-            raise GuidanceError("at σ = ∞ (a flow model's t = 1, pure noise) ε = x_t determines no x̂0, so a "
-                                "combination in ε space is undefined there: start the grid below σ = ∞ "
-                                "(sampler.t_max < 1 or an edm grid) or use a strategy that combines in x0 or v")
+            raise GuidanceError("at σ = ∞ (a flow model's t = 1, pure noise) ε = x_t determines no x̂0, so an ε "
+                                "model or a combination in ε space is undefined there: start the grid below σ = ∞ "
+                                "(sampler.respacing=edmN) or use a strategy that combines in x0 or v")
         x0 = math.sqrt(1.0 / ab) * x - math.sqrt(1.0 / ab - 1.0) * eps
         return Prediction(eps, x0, var_v, grad)
 

@@ -32,7 +32,7 @@ from guidance.guiders.schedules import WeightSchedule
 
 __all__ = ["Guider", "TableSpec", "Description", "fmt", "model_of", "check_scale", "Eval", "ClassifierGrad",
            "Prediction", "Step",
-           "extrapolate", "WeightSchedule"]
+           "extrapolate", "affine", "WeightSchedule"]
 
 ORDERS = ("difference", "weights", "lerp")
 
@@ -53,6 +53,17 @@ def extrapolate(main, reference, w: float, order: str = "difference"):
     if order == "lerp":
         return reference + (1 + w) * (main - reference)
     raise ValueError(f"extrapolate: order must be one of {ORDERS}, got {order!r}")
+
+
+def affine(combination, preds, x, step: Step, var_v=None) -> Prediction:
+    """The prediction whose ε is `combination(*(p.eps for p in preds))`, an affine combination (weights summing to 1:
+    every extrapolation), with x̂0 re-derived from that ε. At σ = ∞ (ᾱ = 0, a flow model's τ = 1), where ε = x_t
+    fixes no x̂0, the same combination is taken of the x̂0s: an affine combination is the same prediction in every
+    space, so this is what the ε combination means there (Prediction.from_eps would refuse)."""
+    eps = combination(*(p.eps for p in preds))
+    if step.alpha_bar == 0:
+        return Prediction(eps, combination(*(p.x0 for p in preds)), var_v)
+    return Prediction.from_eps(x, step, eps, var_v)
 
 
 class Guider:

@@ -8,7 +8,7 @@ pass alone (1 NFE). With a learned variance the conditional variance is kept.
 
 from __future__ import annotations
 
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt
+from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, affine, extrapolate, fmt
 
 TABLE = TableSpec("cfg", "Classifier-free guidance (Ho & Salimans 2022 layout)", ("w",), order=20,
                   baseline_models=("conditional",), baseline_cells=("0",))
@@ -17,10 +17,7 @@ TABLE = TableSpec("cfg", "Classifier-free guidance (Ho & Salimans 2022 layout)",
 def cfg_combine(cond: Prediction, uncond: Prediction, w: float, x, step) -> Prediction:
     """CFG in ε at scale w (eq. 6's order of operations: the samples of every CFG variant stay bitwise). At σ = ∞
     (a flow model's t = 1) ε = x_t determines no x̂0; the combination, affine, is then taken of x̂0 as well."""
-    if step.alpha_bar == 0:
-        return Prediction(extrapolate(cond.eps, uncond.eps, w, order="weights"),
-                          extrapolate(cond.x0, uncond.x0, w, order="weights"), cond.var_v)
-    return Prediction.from_eps(x, step, extrapolate(cond.eps, uncond.eps, w, order="weights"), cond.var_v)
+    return affine(lambda c, u: extrapolate(c, u, w, order="weights"), (cond, uncond), x, step, cond.var_v)
 
 
 class ClassifierFreeGuidance(Guider):

@@ -5,7 +5,8 @@ eqs. 13-16, Alg. 2), scale w (Ho & Salimans units) and factor φ:
     o     = φ · o_cfg · std(o_c)/std(o_cfg) + (1 − φ) · o_cfg       std per image over C, H, W (unbiased)
 
 on the model OUTPUT o. The paper's model predicts v, so by default o = v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x̂0 (Salimans &
-Ho 2022), converted exactly from our ε-model and back; `space: eps` rescales ε instead, which is what diffusers'
+Ho 2022), converted exactly from the model's prediction and back (on a v model: its own output,
+tests/test_parameterizations.py; defined at σ = ∞ too, where v = −x̂0); `space: eps` rescales ε instead, which is what diffusers'
 rescale_noise_cfg does on ε-models. Neutral setting: φ = 0 is CFG. The paper uses w + 1 = 7.5, φ = 0.7.
 """
 

@@ -5,7 +5,8 @@ and the official sd3 pipeline), scale w (Ho & Salimans units, the paper's w + 1)
     v~ = s* v_u + (1 + w)(v_c − s* v_u)
     zero-init: v~ = 0 on the first `zero_steps` steps (no network pass, counted as 0 NFE)
 
-Carried to our ε-models through the rectified-flow path of the same marginals (`space: v`, default): EDM's
+Native on a flow model (parameterization flow: v is the network's own output, from τ = 1 on; checked by hand in
+tests/test_parameterizations.py). Carried to ε-models through the rectified-flow path of the same marginals (`space: v`, default): EDM's
 x̃ = x_t / sqrt(ᾱ_t) = x0 + σ ε divided by 1 + σ is x_f = (1 − τ) x0 + τ ε with τ = σ / (1 + σ), whose velocity is
 v = ε − x̂0 (the paper's model output). We form v_c, v_u from the two passes, apply the paper's equations to v, and
 map back with x̂0 = x_f − τ v, ε = x_f + (1 − τ) v. Zero-init is then exactly the paper's: x_f stays where it is

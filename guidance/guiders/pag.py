@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidance.errors import GuidanceError
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, TableSpec, affine, extrapolate, fmt, model_of
 
 TABLE = TableSpec("pag", "Perturbed-attention guidance (Ahn et al. 2024)", ("Model", "s", "Blocks"), order=60,
                   baseline_models=("unconditional", "conditional"), baseline_cells=("{model}", "0", "–"))
@@ -30,7 +30,8 @@ class IdentityAttention:
 
     def applied(self, network, denoiser=None):
         if not hasattr(network, "identity_attention"):
-            raise GuidanceError(f"{type(network).__name__} cannot perturb its attention: PAG needs guidance.nn.UNet")
+            raise GuidanceError(f"{type(network).__name__} has no identity_attention (self-attention blocks to perturb): "
+                                "PAG needs guidance.nn.UNet")
         return network.identity_attention(self.blocks)
 
 
@@ -51,8 +52,8 @@ class PerturbedAttentionGuidance(Guider):
         model = preds["model"]
         if "perturbed" not in preds:
             return model
-        eps = extrapolate(model.eps, preds["perturbed"].eps, self.scale_at(step))
-        return Prediction.from_eps(x, step, eps, model.var_v)
+        w = self.scale_at(step)  # affine in ε: at σ = ∞ the same combination of x̂0 (base.affine)
+        return affine(lambda m, p: extrapolate(m, p, w), (model, preds["perturbed"]), x, step, model.var_v)
 
     def info(self):
         return {**super().info(), "blocks": list(self.blocks)}

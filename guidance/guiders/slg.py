@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidance.errors import GuidanceError, check_scale
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, TableSpec, affine, extrapolate, fmt, model_of
 
 TABLE = TableSpec("slg", "Skip layer guidance (SD 3.5)", ("Model", "s", "w", "Blocks", "Window"), order=61,
                   baseline_models=("conditional", "unconditional"), baseline_cells=("{model}", "0", "0", "–", "–"))
@@ -131,9 +131,12 @@ def cfg_plus_perturbed(preds, x, step, w, s, perturbed: str):
     """ε = ε_m + w (ε_m − ε_null) + s (ε_m − ε_perturbed), the sum SLG and SEG share (diffusers' form): the CFG
     part where the null pass ran, and the perturbed term with its difference taken from the model's ε."""
     model = preds["model"]
-    eps = model.eps
-    if "uncond" in preds:
-        eps = extrapolate(model.eps, preds["uncond"].eps, w)
-    if perturbed in preds:
-        eps = eps + s * (model.eps - preds[perturbed].eps)
-    return Prediction.from_eps(x, step, eps, model.var_v) if len(preds) > 1 else model
+    if len(preds) == 1:
+        return model
+    names = [n for n in ("uncond", perturbed) if n in preds]
+
+    def combination(m, *others):  # affine in ε: at σ = ∞ the same combination of x̂0 (base.affine)
+        terms = dict(zip(names, others))
+        out = extrapolate(m, terms["uncond"], w) if "uncond" in terms else m
+        return out + s * (m - terms[perturbed]) if perturbed in terms else out
+    return affine(combination, [model] + [preds[n] for n in names], x, step, model.var_v)

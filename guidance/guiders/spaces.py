@@ -1,4 +1,5 @@
-"""The prediction spaces a guider can combine in, converted exactly from and back to our ε-model's Prediction.
+"""The prediction spaces a guider can combine in, converted exactly from and back to the engine's Prediction
+(ε and x̂0, whatever the model predicts: guidance.engine.model; on a flow model `flow` is its own output).
 
     eps   ε, the U-Net's own output
     x0    x̂0 = (x_t − sqrt(1 − ᾱ_t) ε) / sqrt(ᾱ_t), the denoiser output D(x_t) of EDM / APG / FDG

@@ -4,7 +4,7 @@ Salimans units, paper's w + 1), on the conditional or the unconditional model:
     ε~ = ε(x_t, t̃_emb) + (1 + w)(ε(x_t, t_emb) − ε(x_t, t̃_emb)),   t̃_emb = t_emb + s · t^α · std(t_emb) · n
 
 n ~ N(0, I) drawn at every evaluation from each image's own random stream; t = t_orig / 1000 (the paper's time
-in [0, 1]; our schedules, like its DiT/SD, have T = 1000); std per image over the embedding (so an image never
+in [0, 1]; our schedules, like its DiT/SD, have T = 1000; on continuous levels τ = σ/(1 + σ), `paper_time`); std per image over the embedding (so an image never
 depends on its batch). t_emb is the U-Net's timestep embedding after its MLP (the vector its blocks receive),
 perturbed with a forward hook on UNet.time_embed, not a fork. ε~ = extrapolate(ε(t_emb), ε(t̃_emb), w) in the
 paper's order. The paper's window T_MIN/T_MAX is the shared schedule's (`schedule: interval`, sigma_lo/sigma_hi:
@@ -18,10 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guidance.errors import GuidanceError, check_scale
-from guidance.guiders.base import Description, Eval, Guider, Prediction, TableSpec, extrapolate, fmt, model_of
+from guidance.guiders.base import Description, Eval, Guider, TableSpec, affine, extrapolate, fmt, model_of
 
 TABLE = TableSpec("tsg", "Time-step guidance (Sadat et al. 2025)", ("Model", "w", "s", "α"), order=46,
                   baseline_models=("conditional", "unconditional"), baseline_cells=("{model}", "0", "–", "–"))
+
+
+def paper_time(step) -> float:
+    """The paper's t in [0, 1] (1 = pure noise): t_orig / 1000 on trained discrete levels (its DiT and SD models, T =
+    1000); on continuous levels the flow time τ = σ/(1 + σ) (the t of a flow model, SD3's σ; on an EDM model the
+    flow time of the same marginals: carried over, the paper has no continuous-σ model)."""
+    return step.t / 1000 if step.t is not None else step.tau
 
 
 @dataclass(frozen=True)
@@ -68,15 +75,16 @@ class TimeStepGuidance(Guider):
         model = [Eval("model", labels=self.model_labels)]
         if not self.active(step):
             return model
-        level = self.noise_scale * (step.t / 1000) ** self.alpha
+        level = self.noise_scale * paper_time(step) ** self.alpha
         return model + [Eval("perturbed", labels=self.model_labels, perturb=PerturbedTimeEmbedding(level))]
 
     def combine(self, preds, x, step):
         model = preds["model"]
         if "perturbed" not in preds:
             return model
-        eps = extrapolate(model.eps, preds["perturbed"].eps, self.scale_at(step), order="lerp")
-        return Prediction.from_eps(x, step, eps, model.var_v)
+        w = self.scale_at(step)  # affine in ε: at σ = ∞ the same combination of x̂0 (base.affine)
+        return affine(lambda m, p: extrapolate(m, p, w, order="lerp"), (model, preds["perturbed"]), x, step,
+                      model.var_v)
 
     def info(self):
         return {**super().info(), "noise_scale": self.noise_scale, "alpha": self.alpha}
