@@ -186,8 +186,7 @@ def observe() -> dict:
 
 
 # Crashes (not one line) seen when this test was written; strict: the test says when one is fixed.
-KNOWN_CRASHES = {("tsg", "edm2"), ("tsg", "sit"),  # TimeStepGuidance.requests divides step.t, None on continuous levels
-                 ("seg", "dit"), ("seg", "sit")}  # SEG's blur reaches for the toolkit attention's `qkv`
+KNOWN_CRASHES: set = set()  # (strategy, model) that crash instead of refusing: none left (TSG, SEG fixed)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,11 @@ class BlurredQuery:
         if unknown:
             raise GuidanceError(f"seg: no self-attention block {unknown} in this U-Net; it has {list(blocks)}")
 
+        fused = [name for name in self.blocks if not hasattr(blocks[name], "qkv")]
+        if fused:  # the blur hooks the fused qkv projection of the toolkit's attention (diffusers' has q, k, v apart)
+            raise GuidanceError(f"seg: block {fused[0]} of {type(network).__name__} has no fused qkv projection to "
+                                "blur the queries of: SEG needs guidance.nn.UNet's attention blocks")
+
         def blur(module, inputs, qkv):  # qkv [B, 3C, H*W]: the first C channels are the queries
             b, three_c, length = qkv.shape
             c, side = three_c // 3, math.isqrt(length)

@@ -71,7 +71,7 @@ class Sampler:
             sigmas = self.chain_sigmas[::-1]  # increasing, as a schedule runs
             if not np.isfinite(sigmas).all():
                 raise GuidanceError(f"{self.name} steps a VP chain, which has no step from σ = ∞ (a flow grid's "
-                                    "τ = 1): use sampler=flow_euler, or an edm grid / t_max below 1")
+                                    "τ = 1): use sampler=flow_euler, or an edm grid (sampler.respacing=edmN)")
             ab = 1.0 / (1.0 + sigmas.astype(np.float64) ** 2)
             self._diffusion = GaussianDiffusion(1.0 - ab / np.append(1.0, ab[:-1]),
                                                 model_var_type=self.levels.model_var_type)

@@ -130,9 +130,9 @@ class GuidedDenoiser:
             return None
         if labels == "null" and not self.null_trained:
             raise GuidanceError(f"guidance={self.guider.name} needs the U-Net's unconditional mode (the null label), "
-                                "which this U-Net never trained (an imported ADM release): use a strategy without "
-                                "an unconditional pass (classifier guidance with guidance.conditional=true, none), "
-                                "or ADM's unconditional release for unconditional sampling")
+                                "which this network never trained (ADM's and EDM2's conditional releases): use a "
+                                "strategy without an unconditional pass (autoguidance with the model's unconditional "
+                                "companion as the weak network, EDM2's CFG; classifier guidance; none)")
         return self.labels(labels, y)
 
     def require_draws(self, what: str):
