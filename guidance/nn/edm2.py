@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guidance.errors import GuidanceError
+from guidance.nn.layers import identity_attention
 
 
 def unit_norm(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
@@ -295,17 +296,8 @@ class EDM2Denoiser(nn.Module):
     @contextmanager
     def identity_attention(self, names: Sequence[str]):
         """Within the block, the named attention blocks use an identity attention map (PAG's perturbed pass)."""
-        blocks = self.attention_layers()
-        unknown = [n for n in names if n not in blocks]
-        if unknown:
-            raise GuidanceError(f"no self-attention block {unknown} in this EDM2 network; it has {list(blocks)}")
-        try:
-            for n in names:
-                blocks[n].identity_attention = True
+        with identity_attention(self.attention_layers(), names, "EDM2 network"):
             yield self
-        finally:
-            for n in names:
-                blocks[n].identity_attention = False
 
 
 def check_config(img_resolution, channel_mult, attn_resolutions, resample_filter):

@@ -7,6 +7,8 @@ path, which is what makes the whole U-Net output exactly 0 at initialisation (AD
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -146,3 +148,19 @@ class AttentionPool2d(nn.Module):
         tokens = torch.cat([flat.mean(dim=-1, keepdim=True), flat], dim=-1) + self.pos_emb.to(x.dtype)
         out = self.c_proj(multi_head_attention(self.qkv(tokens), self.heads))
         return out[:, :, 0]  # the mean token's output is the pooled representation
+
+
+@contextmanager
+def identity_attention(blocks: dict, names: Sequence[str], network: str):
+    """Within the block, the named attention blocks of `blocks` (name -> block with an `identity_attention` flag)
+    use an identity attention map (PAG's perturbed pass); an unknown name is one line naming the ones there are."""
+    unknown = [n for n in names if n not in blocks]
+    if unknown:
+        raise GuidanceError(f"no self-attention block {unknown} in this {network}; it has {list(blocks)}")
+    try:
+        for n in names:
+            blocks[n].identity_attention = True
+        yield
+    finally:
+        for n in names:
+            blocks[n].identity_attention = False

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from guidance.errors import GuidanceError
-from guidance.nn.layers import (AttentionBlock, Downsample, Upsample, normalization, timestep_embedding,
-                                zero_module)
+from guidance.nn.layers import (AttentionBlock, Downsample, Upsample, identity_attention, normalization,
+                                timestep_embedding, zero_module)
 
 
 class ResBlock(nn.Module):
@@ -203,17 +203,8 @@ class UNet(nn.Module):
     @contextmanager
     def identity_attention(self, names: Sequence[str]):
         """Within the block, the named attention blocks use an identity attention map (PAG's perturbed pass)."""
-        blocks = self.attention_blocks()
-        unknown = [n for n in names if n not in blocks]
-        if unknown:
-            raise GuidanceError(f"no self-attention block {unknown} in this U-Net; it has {list(blocks)}")
-        try:
-            for n in names:
-                blocks[n].identity_attention = True
+        with identity_attention(self.attention_blocks(), names, "U-Net"):
             yield self
-        finally:
-            for n in names:
-                blocks[n].identity_attention = False
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         check_input(x, self.in_channels, self.image_size, "UNet")
