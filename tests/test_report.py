@@ -511,3 +511,15 @@ def test_grid_sheet_has_no_empty_cell_and_labels_inside(sweep, tmp_path, monkeyp
     monkeypatch.setattr(plots, "_save", recording_save)
     plots.plot_grids(collect_sweep(sweep, describe_point, progress=False), tmp_path / "grids.png")
     assert seen == {"images": 5 + 3 + 3 + 5, "empty": 0, "outside": []}
+
+
+def test_an_unguided_model_run_with_several_samplers_gets_one_colour_per_sampler(tmp_path):
+    from guidance.report.plots import styles
+
+    for sampler in ("ddim", "heun"):
+        info = dict(strategy="none", scale=0.0, conditional=True, sampler=sampler, steps=10, num_samples=N, seed=7,
+                    cost_per_sample=dict(nfe=10))
+        _write_point(tmp_path / f"s={sampler}", ["guidance=none"], info, None)
+    style = styles(collect_sweep(tmp_path, describe_point, progress=False))
+    assert len(style) == 2 and all(s["marker"] == "*" for s in style.values())
+    assert len({str(s["color"]) for s in style.values()}) == 2  # not two identical grey stars

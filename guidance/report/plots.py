@@ -89,9 +89,17 @@ _MARKERS = "osD^vP<"
 def styles(sweep: Sweep) -> dict[str, dict]:
     """series -> matplotlib style, fixed over the sweep so a curve looks the same in every figure."""
     out, n = {}, 0
-    for key, pts in group_series(sweep.points).items():
-        if pts[0].baseline:  # unguided: a star, black for the unconditional model, grey for the conditional one
-            out[key] = dict(color="0.45" if pts[0].conditional else "black", marker="*", ms=11)
+    series = group_series(sweep.points)
+    per_model = Counter(pts[0].conditional for pts in series.values() if pts[0].baseline)
+    shade = Counter()
+    for key, pts in series.items():
+        if pts[0].baseline:  # unguided: a star, black for the unconditional model, grey for the conditional one;
+            model = pts[0].conditional  # a model unguided with several samplers: one colour per sampler
+            colour = "0.45" if model else "black"
+            if per_model[model] > 1:
+                colour = _COLOURS[-1 - shade[model] % len(_COLOURS)]
+                shade[model] += 1
+            out[key] = dict(color=colour, marker="*", ms=11)
         else:
             out[key] = dict(color=_COLOURS[n % len(_COLOURS)], marker=_MARKERS[n % len(_MARKERS)], ms=6)
             n += 1
