@@ -166,7 +166,18 @@ def import_wrong_file(world, importer, wrong):
     else:
         ref = torch.load(data / f"{wrong}_tiny_reference.pt", weights_only=True)
         torch.save(ref["state_dict"] if wrong == "dit" else ref["uncond_state"], path)
-    if importer == "edm2":
+    if importer == "adm":
+        from guidance.adm.importer import import_adm
+
+        import_adm(path, "64x64_diffusion", world / "imported.pt")  # checked on the meta device: no weights made
+    elif importer == "diffusers":
+        from guidance.dit.importer import import_dit
+
+        folder = world / "sd_unet" / "unet"  # a Stable Diffusion U-Net folder where a DiT folder belongs
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text('{"_class_name": "UNet2DConditionModel", "sample_size": 64}')
+        import_dit(folder, world / "imported.pt", source="diffusers")
+    elif importer == "edm2":
         from guidance.edm2 import import_edm2
 
         import_edm2(path, world / "imported.pt")
@@ -262,6 +273,10 @@ CASES = [  # (what, input, call)
     ("import", "a DiT `.pt` to `guidance-import-edm2`", lambda w: import_wrong_file(w, "edm2", "dit")),
     ("import", "an ADM U-Net `.pt` to `guidance-import-dit`", lambda w: import_wrong_file(w, "dit", "adm")),
     ("import", "an EDM2 `.pt` to `guidance-import-dit source=sit`", lambda w: import_wrong_file(w, "sit", "edm2")),
+    ("import", "a DiT `.pt` to `guidance-import-adm release=64x64_diffusion`",
+     lambda w: import_wrong_file(w, "adm", "dit")),
+    ("import", "a Stable Diffusion U-Net folder to `guidance-import-dit source=diffusers`",
+     lambda w: import_wrong_file(w, "diffusers", "dit")),
 ]
 
 

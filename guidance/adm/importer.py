@@ -25,6 +25,8 @@ def import_adm(checkpoint: str | Path, release_name: str, out: str | Path) -> Pa
         raise GuidanceError(f"{checkpoint} is not a readable torch file ({type(e).__name__}); download it again") from None
     if not isinstance(adm, dict):
         raise GuidanceError(f"{checkpoint} holds a {type(adm).__name__}, not a state dict: not a guided-diffusion file")
+    with torch.device("meta"):  # the file is checked against the release's shapes before any weights are made
+        convert_state_dict(adm, build(rel.model, _convert_="all"), rel.legacy_attention, where=str(checkpoint))
     model = build(rel.model, _convert_="all")
     state = convert_state_dict(adm, model, rel.legacy_attention, where=str(checkpoint))
     model.load_state_dict(state)
