@@ -1,14 +1,17 @@
-"""Euler–Maruyama on the reverse SDE of the flow path: SiT's SDE sampler (Ma et al. 2024, eqs. 4-6; willisma/SiT
-transport `Sampler.sample_sde` with its sample.py defaults), on every model through the engine's common view.
+"""Euler–Maruyama on the reverse SDE of the flow path: SiT's SDE sampler (Ma et al. 2024; willisma/SiT transport
+`Sampler.sample_sde` with its sample.py defaults), on every model through the engine's common view.
 
 The chain runs on the flow variable x_f = (1 − τ) x̂0 + τ ε (SiT's x_t with t = 1 − τ; guidance.engine.prediction).
-For a diffusion coefficient w(τ) >= 0 the SDE with the flow path's marginals is, in SiT's time t,
+For a diffusion coefficient w(τ) >= 0 the SDE with the flow path's marginals (stochastic interpolants, Albergo et al.
+2023) is, in SiT's time t,
     dx = [v + w s] dt + sqrt(2 w) dW,   v = x̂0 − ε (the velocity, dx/dt),   s = ∇log p = −ε/τ (the score),
 and every w gives the same marginals (w = 0 is flow_euler's ODE). Each step τ_i -> τ_{i+1} (dt = τ_i − τ_{i+1}):
     x_f <- x_f + dt [(x̂0 − ε) − (w(τ_i)/τ_i) ε] + sqrt(2 w(τ_i) dt) n,   n ~ N(0, I) from the image's stream,
 except the last step, τ_{n−1} -> 0, which is `last_step`:
     "mean"    the drift without noise (SiT's default),       "euler"  the ODE drift x̂0 − ε only,
     "tweedie" x_f = x̂0 (SiT: x/α + σ²/α s at t = 1 − τ_{n−1}),  None    one more Euler–Maruyama step (noise included).
+The "mean" step's score term is −(w/τ_{n−1}) ε · τ_{n−1} = −w ε: fine where w = O(τ) (sigma, linear), but with a
+constant w it removes a whole w ε (too little variance: tests/test_parameterizations.py); use tweedie there.
 SiT's default (num_steps 250, last_step Mean, last_step_size 0.04) is the grid τ = linspace(1, 0.04, 250), then 0:
 respacing=flow250 t_min=0.04, this sampler's defaults; its last_step None with num_steps N is flow(N−1), t_min null.
 diffusion_form, with c = diffusion_norm, on the linear path (SiT's path.ICPlan.compute_diffusion, t = 1 − τ):
