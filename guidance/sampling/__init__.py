@@ -1,7 +1,7 @@
 """Sampling: the guided denoiser, samplers that each take any guider whose needs their capabilities meet (DDPM,
 DDIM(η), Euler, Heun, EDM2's Heun, DPM-Solver++(2M), Euler ancestral, DPM-Solver++(2S) ancestral, DPM-Solver++(2M)/(3M)
-SDE, UniPC, DEIS, flow Euler, SiT's flow SDE), per-image random streams, and generation of N seeded samples. The contract with the guiders
-(Step, Prediction, requests, capabilities, cost) is guidance.engine."""
+SDE, UniPC, DEIS, flow Euler, SiT's flow SDE), per-image random streams, and generation of N seeded samples. The
+contract with the guiders (Step, Prediction, requests, capabilities, cost) is guidance.engine."""
 
 from guidance.sampling.ancestral import DPMSolverPP2SAncestralSampler, EulerAncestralSampler
 from guidance.sampling.base import Sampler
