@@ -229,6 +229,32 @@ def test_flow_sde_reproduces_each_class_from_tau_one(kwargs):
         assert abs(z.pow(2).mean() - 1) < 4.5 / math.sqrt(n_k), (k, z.pow(2).mean())
 
 
+@pytest.mark.parametrize("parameterization, levels", [("flow", CONT), ("eps", BASE)], ids=["flow", "eps-discrete"])
+def test_flow_sde_without_diffusion_is_flow_euler(parameterization, levels):
+    """w = 0 (diffusion_norm 0): no score term, no noise, and the "mean" last step is an Euler step: flow_euler's
+    chain on the same grid; a noisy run differs."""
+    y = torch.arange(12) % K
+    grid = {"respacing": "flow12", "t_min": 0.04}
+    ode = run(NoGuidance(), parameterization, levels, SAMPLERS["flow_euler"](levels, **grid, clip_denoised=False), y, 4)
+    for last in ("mean", "euler"):
+        s = SAMPLERS["flow_sde"](levels, **grid, diffusion_norm=0.0, last_step=last)
+        torch.testing.assert_close(run(NoGuidance(), parameterization, levels, s, y, 4), ode, rtol=1e-6, atol=1e-6)
+    noisy = run(NoGuidance(), parameterization, levels, SAMPLERS["flow_sde"](levels, **grid), y, 4)
+    assert (noisy - ode).abs().max() > 0.1
+
+
+def test_flow_sde_diffusion_forms_are_sits():
+    """w(τ) against SiT's path.ICPlan.compute_diffusion written in its time t = 1 − τ, norm c = 0.7."""
+    t, c = 0.3, 0.7
+    sits = {"constant": c, "sigma": c * (1 - t), "linear": c * (1 - t),
+            "SBDM": c * ((1 - t) ** 2 / t + (1 - t)),  # c (α'/α σ² − σ σ'), α = t, σ = 1 − t
+            "decreasing": 0.25 * (c * math.cos(math.pi * t) + 1) ** 2,
+            "increasing-decreasing": c * math.sin(math.pi * t) ** 2}
+    for form, w in sits.items():
+        s = SAMPLERS["flow_sde"](BASE, "flow10", diffusion_form=form, diffusion_norm=c)
+        assert s.w(1 - t) == pytest.approx(w, rel=1e-12), form
+
+
 def test_flow_sde_settings_and_refusals():
     s = SAMPLERS["flow_sde"](CONT)
     assert s.steps == 250 and s.step_at(0).tau == 1 and s.step_at(249).tau == pytest.approx(0.04)  # SiT's defaults
