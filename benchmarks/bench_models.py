@@ -133,7 +133,7 @@ PLAN = [("edm2_guidance", f"{size} {row}", f"EDM2-{size} img512", guide, 63, gui
                                     _edm2_grid_guided(*((0.28, 5.42) if size == "S" else (0.19, 1.61)))),
                                    (f"autoguidance ({weak.split()[0][5:]} weak)", weak, 63))]
 PLAN += [(preset, row, net, net if guided else None, steps, steps if guided else 0, "SD-VAE decoder 256")
-         for preset, net, steps in (("dit_cfg", "DiT-XL/2 256", 250), ("sit_cfg", "SiT-XL/2 256", 249))
+         for preset, net, steps in (("dit_cfg", "DiT-XL/2 256", 250), ("sit_cfg", "SiT-XL/2 256", 250))
          for row, guided in (("none (w 0)", False), ("CFG w 0.5", True))]
 
 

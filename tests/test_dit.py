@@ -237,6 +237,10 @@ def test_presets_compose(name):
     assert cfg.guidance._target_.endswith("ClassifierFreeGuidance") and cfg.sampler.clip_denoised is False
     assert cfg.hydra.sweeper.params["guidance.scale"] == "0,0.5"  # DiT's/SiT's scale 1.5 is w = 0.5
     assert cfg.unet_ckpt.endswith({"dit_cfg": "DiT-XL-2-256.pt", "sit_cfg": "SiT-XL-2-256.pt"}[name])
+    if name == "sit_cfg":  # SiT's SDE sampler at its sample.py defaults (tests/test_sit.py)
+        s = cfg.sampler
+        assert s._target_.endswith("FlowSDESampler") and (s.respacing, s.t_min, s.last_step, s.diffusion_form,
+                                                          s.diffusion_norm) == ("flow250", 0.04, "mean", "sigma", 1.0)
 
 
 @torch.no_grad()

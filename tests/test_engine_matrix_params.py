@@ -8,8 +8,8 @@ made. Default run: every strategy × parameterization on flow_euler from τ = 1 
 Refusals (the whole list; anything else must run):
 - cfgpp off a sampler with RENOISE_EPS (capabilities, before any pass);
 - classifier strategies on continuous levels (a noise-aware classifier is trained on timesteps);
-- from σ = ∞ (flow_euler's flow grid from τ = 1 on continuous levels): an ε model (ε = x_t there fixes no x̂0),
-  an EDM model (x̃ is infinite), and a strategy whose nonlinear combination is in ε (tcfg's default space).
+- from σ = ∞ (flow_euler's / flow_sde's flow grid from τ = 1 on continuous levels): an ε model (ε = x_t there fixes
+  no x̂0), an EDM model (x̃ is infinite), and a strategy whose nonlinear combination is in ε (tcfg's default space).
   Every affine ε combination (cfg, icg, pag, tsg, slg, seg, autoguidance) is taken of x̂0 there (base.affine), and
   the x̂0 / v / flow-space ones (apg, fdg, cfg_rescale, cfg_zero, mambo, apg_mix) are defined there.
 """
@@ -102,8 +102,11 @@ def configs(guidance_name, sampler_name):
     return cfg
 
 
+FLOW = ("flow_euler", "flow_sde")  # the samplers on the flow variable, from τ = 1 on continuous levels
+
+
 def grid(sampler_name, respacing, continuous):
-    if sampler_name == "flow_euler":
+    if sampler_name in FLOW:
         return f"flow{STEPS}"  # from τ = 1 on continuous levels; snapped to trained timesteps on discrete ones
     return f"edm{STEPS}" if continuous or str(respacing).startswith("edm") else str(STEPS)
 
@@ -115,7 +118,7 @@ def refusals(guider, sampler, parameterization, continuous):
         reasons.append(f"needs .*sampler={sampler.name}")
     if continuous and "classifier" in guider.networks:
         reasons.append("noise-aware classifier")
-    if continuous and sampler.name == "flow_euler":  # the chain starts at σ = ∞
+    if continuous and sampler.name in FLOW:  # the chain starts at σ = ∞
         evaluated = bool(guider.requests(sampler.step_at(0)))  # CFG-Zero*'s zero-init step makes no pass there
         if evaluated and (parameterization in ("eps", "edm") or getattr(guider, "space", None) == "eps"):
             reasons.append("σ = ∞")
@@ -164,7 +167,7 @@ def cases():
 
 
 def test_matrix_covers_every_config():
-    assert len(SAMPLERS) >= 13 and "flow_euler" in SAMPLERS and len(GUIDANCE) >= 22
+    assert len(SAMPLERS) >= 14 and set(FLOW) <= set(SAMPLERS) and len(GUIDANCE) >= 22
 
 
 @pytest.mark.parametrize("guidance_name, sampler_name, parameterization, continuous", list(cases()))

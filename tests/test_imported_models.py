@@ -102,8 +102,9 @@ def test_dit_cfg_on_ddpm_and_ddim_with_its_learned_variance(snaps):
         assert info["decoder"]["scale"] == [0.18215] and info["decoder"]["vae_range"] == [-1.0, 1.0]
 
 
-def test_sit_cfg_on_flow_euler(snaps):
-    npz, info = sample(snaps, "SiT", "guidance=cfg", "guidance.scale=0.5", "sampler=flow_euler",
+@pytest.mark.parametrize("sampler", ["flow_euler", "flow_sde"])  # SiT's ODE and SDE samplers
+def test_sit_cfg_on_flow_samplers(snaps, sampler):
+    npz, info = sample(snaps, "SiT", "guidance=cfg", "guidance.scale=0.5", f"sampler={sampler}",
                        "sampler.respacing=flow3")
     check_images(npz, 16)
     assert info["model"] == {"parameterization": "flow", "noise_input": "flow_time_reversed", "time_scale": 1.0,

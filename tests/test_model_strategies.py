@@ -99,9 +99,10 @@ def built(model: str):
     """One set of networks per family (guiders restore what they perturb: PAG's attention, TSG's hook)."""
     torch.manual_seed(0)
     return BUILDERS[model]()
-# The model's own sampler first (its release's), then one that re-noises with ε for CFG++ (DDIM η = 0 / Euler).
+# The model's own sampler first (its release's; SiT: its SDE one, as conf/experiment/sit_cfg.yaml), then one that
+# re-noises with ε for CFG++ (DDIM η = 0 / Euler).
 SAMPLERS = {"adm": [("ddim", "5")], "edm2": [("edm2_heun", "edm3"), ("euler", "edm3")],
-            "dit": [("ddpm", "3"), ("ddim", "3")], "sit": [("flow_euler", "flow3"), ("euler", "edm3")]}
+            "dit": [("ddpm", "3"), ("ddim", "3")], "sit": [("flow_sde", "flow3"), ("euler", "edm3")]}
 # What a user sets on a model whose attention blocks are not the toolkit U-Net's `middle` (the refusal names them).
 OVERRIDES = {("edm2", "pag"): {"blocks": ["dec.8x8_in0"]}, ("edm2", "seg"): {"blocks": ["dec.8x8_in0"]},
              ("dit", "pag"): {"blocks": ["1"]}, ("sit", "pag"): {"blocks": ["1"]},

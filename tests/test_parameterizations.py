@@ -30,8 +30,8 @@ PARAMS = ("eps", "x0", "v", "flow", "edm")
 TAU_ONE = ("x0", "v", "flow")  # defined at σ = ∞: ε = x_t there determines no x̂0; EDM's x̃ is infinite
 
 # sampler -> (kwargs, discrete grid, continuous grid): step counts keep the discretisation error well below the
-# statistical tolerance (as tests/test_samplers.py). flow_euler: a flow grid from τ = 1 where the model is
-# defined there, else an edm grid.
+# statistical tolerance (as tests/test_samplers.py). flow_euler, flow_sde: a flow grid from τ = 1 where the model
+# is defined there, else an edm grid (flow_sde: SiT's last step from t_min = 0.04).
 CHAINS = {
     "ddpm": ({}, "250", "edm250"),
     "ddim": ({}, "ddim100", "edm100"),
@@ -46,11 +46,13 @@ CHAINS = {
     "unipc": ({}, "edm40", "edm40"),
     "deis": ({}, "edm40", "edm40"),
     "flow_euler": ({}, "flow100", "flow100"),
+    "flow_sde": ({}, "flow100", "flow100"),
 }
+FLOW = ("flow_euler", "flow_sde")
 
 
 def test_every_sampler_is_covered():
-    assert set(CHAINS) == set(SAMPLERS) and len(SAMPLERS) == 13
+    assert set(CHAINS) == set(SAMPLERS) and len(SAMPLERS) == 14
 
 
 def sampler(name, levels, steps=None):
@@ -62,11 +64,11 @@ def sampler(name, levels, steps=None):
 
 
 def flow_grid_ok(name, parameterization, levels):
-    return not (levels is CONT and name == "flow_euler" and parameterization not in TAU_ONE)
+    return not (levels is CONT and name in FLOW and parameterization not in TAU_ONE)
 
 
 def chain(name, parameterization, levels, steps=None):
-    """The sampler for this model: flow_euler from τ = 1 only where the model is defined at σ = ∞."""
+    """The sampler for this model: flow_euler / flow_sde from τ = 1 only where the model is defined at σ = ∞."""
     if flow_grid_ok(name, parameterization, levels):
         return sampler(name, levels, steps)
     return SAMPLERS[name](levels, f"edm{steps or 100}", clip_denoised=False)
@@ -198,11 +200,73 @@ def test_mixture_networks_return_their_parameterization_exactly():
     torch.testing.assert_close(out, x.reshape(5, -1) - prior, rtol=1e-12, atol=1e-12)
 
 
-def test_flow_euler_from_tau_one_refuses_models_undefined_there():
+@pytest.mark.parametrize("name", FLOW)
+def test_flow_samplers_from_tau_one_refuse_models_undefined_there(name):
     y = torch.arange(4) % K
     for p in ("eps", "edm"):
         with pytest.raises(GuidanceError, match="σ = ∞"):
-            run(NoGuidance(), p, CONT, SAMPLERS["flow_euler"](CONT, "flow10"), y, 0)
+            run(NoGuidance(), p, CONT, SAMPLERS[name](CONT, "flow10"), y, 0)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"diffusion_form": "constant", "last_step": "tweedie"},
+                                    {"diffusion_form": "decreasing"},
+                                    {"diffusion_form": "increasing-decreasing", "diffusion_norm": 2.0},
+                                    {"diffusion_norm": 3.0}, {"last_step": "euler"},
+                                    {"last_step": None, "t_min": None}],
+                         ids=lambda kw: "-".join(map(str, kw.values())) or "sit")
+def test_flow_sde_reproduces_each_class_from_tau_one(kwargs):
+    """SiT's SDE on the flow model from τ = 1 (pure noise), each class: every diffusion coefficient w gives the flow
+    path's marginals, so each must reproduce the class's mean and variance; a wrong factor in the noise
+    sqrt(2 w dt) or in the score term w s = −(w/τ) ε fails (checked by breaking each). flow200: Euler–Maruyama's
+    error at w = 3τ needs the finer grid."""
+    s = SAMPLERS["flow_sde"](CONT, "flow200", **kwargs)
+    y = torch.arange(N) % K
+    x = run(NoGuidance(), "flow", CONT, s, y, seed=11).reshape(N, -1)
+    for k in range(K):
+        z = (x[y == k].double() - MIX.means[k]) / MIX.stds[k]
+        n_k = (y == k).sum().item()
+        assert z.mean(0).abs().max() < 4.5 / math.sqrt(n_k), (k, z.mean(0))
+        assert abs(z.pow(2).mean() - 1) < 4.5 / math.sqrt(n_k), (k, z.pow(2).mean())
+
+
+@pytest.mark.parametrize("parameterization, levels", [("flow", CONT), ("eps", BASE)], ids=["flow", "eps-discrete"])
+def test_flow_sde_without_diffusion_is_flow_euler(parameterization, levels):
+    """w = 0 (diffusion_norm 0): no score term, no noise, and the "mean" last step is an Euler step: flow_euler's
+    chain on the same grid; a noisy run differs."""
+    y = torch.arange(12) % K
+    grid = {"respacing": "flow12", "t_min": 0.04}
+    ode = run(NoGuidance(), parameterization, levels, SAMPLERS["flow_euler"](levels, **grid, clip_denoised=False), y, 4)
+    for last in ("mean", "euler"):
+        s = SAMPLERS["flow_sde"](levels, **grid, diffusion_norm=0.0, last_step=last)
+        torch.testing.assert_close(run(NoGuidance(), parameterization, levels, s, y, 4), ode, rtol=1e-6, atol=1e-6)
+    noisy = run(NoGuidance(), parameterization, levels, SAMPLERS["flow_sde"](levels, **grid), y, 4)
+    assert (noisy - ode).abs().max() > 0.1
+
+
+def test_flow_sde_diffusion_forms_are_sits():
+    """w(τ) against SiT's path.ICPlan.compute_diffusion written in its time t = 1 − τ, norm c = 0.7."""
+    t, c = 0.3, 0.7
+    sits = {"constant": c, "sigma": c * (1 - t), "linear": c * (1 - t),
+            "SBDM": c * ((1 - t) ** 2 / t + (1 - t)),  # c (α'/α σ² − σ σ'), α = t, σ = 1 − t
+            "decreasing": 0.25 * (c * math.cos(math.pi * t) + 1) ** 2,
+            "increasing-decreasing": c * math.sin(math.pi * t) ** 2}
+    for form, w in sits.items():
+        s = SAMPLERS["flow_sde"](BASE, "flow10", diffusion_form=form, diffusion_norm=c)
+        assert s.w(1 - t) == pytest.approx(w, rel=1e-12), form
+
+
+def test_flow_sde_settings_and_refusals():
+    s = SAMPLERS["flow_sde"](CONT)
+    assert s.steps == 250 and s.step_at(0).tau == 1 and s.step_at(249).tau == pytest.approx(0.04)  # SiT's defaults
+    assert s.label == "flow_sde" and SAMPLERS["flow_sde"](CONT, diffusion_form="constant").label == "flow_sde constant"
+    for kwargs, match in [({"diffusion_form": "SBDM"}, "infinite at τ = 1"), ({"diffusion_form": "cosine"}, "one of"),
+                          ({"last_step": "Heun"}, "last_step"), ({"sampling_method": "Heun"}, "Euler–Maruyama only"),
+                          ({"diffusion_norm": -1}, "diffusion_norm")]:
+        with pytest.raises(GuidanceError, match=match) as e:
+            SAMPLERS["flow_sde"](CONT, "flow10", **kwargs)
+        assert "\n" not in str(e.value)
+    sbdm = SAMPLERS["flow_sde"](BASE, "flow50", diffusion_form="SBDM")  # a finite noisiest level: w = σ there
+    assert sbdm.w(sbdm.step_at(0).tau) == pytest.approx(sbdm.step_at(0).sigma)
 
 
 def test_cfg_zero_star_on_the_flow_model_is_the_papers_update_by_hand():

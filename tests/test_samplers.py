@@ -17,8 +17,8 @@ from guidance.errors import GuidanceError
 from guidance.guiders import ClassifierFreeGuidance, ClassifierGuidance, NoGuidance
 from guidance.sampling import (BatchRNG, DDIMSampler, DDPMSampler, DEISSampler, DPMSolverPP2MSampler,
                                DPMSolverPP2MSDESampler, DPMSolverPP2SAncestralSampler, DPMSolverPP3MSDESampler,
-                               EDM2HeunSampler, EulerAncestralSampler, EulerSampler, GuidedDenoiser, HeunSampler,
-                               UniPCSampler)
+                               EDM2HeunSampler, EulerAncestralSampler, EulerSampler, FlowEulerSampler, FlowSDESampler,
+                               GuidedDenoiser, HeunSampler, UniPCSampler)
 from guidance.sampling.grid import edm_sigmas, kept_timesteps, sigmas_of
 from guidance.testbed import GaussianMixture, make_testbed
 
@@ -260,10 +260,14 @@ def test_noise_draws_and_last_step(bed):
                      (EulerAncestralSampler(BASE, "12"), 12), (EulerAncestralSampler(BASE, "12", eta=0), 1),
                      (DPMSolverPP2SAncestralSampler(BASE, "12"), 12), (DPMSolverPP2MSDESampler(BASE, "12"), 12),
                      (DPMSolverPP3MSDESampler(BASE, "12"), 12), (DPMSolverPP3MSDESampler(BASE, "12", eta=0), 1),
-                     (UniPCSampler(BASE, "12"), 1), (DEISSampler(BASE, "12"), 1), (EDM2HeunSampler(BASE, "12"), 1)]:
+                     (UniPCSampler(BASE, "12"), 1), (DEISSampler(BASE, "12"), 1), (EDM2HeunSampler(BASE, "12"), 1),
+                     (FlowEulerSampler(BASE, "flow12"), 1), (FlowSDESampler(BASE, "flow12"), 12),
+                     (FlowSDESampler(BASE, "flow12", last_step=None), 13),
+                     (FlowSDESampler(BASE, "flow12", last_step="tweedie"), 12)]:
         rng = CountingRNG(0, 4)
         s.sample(denoiser(bed, NoGuidance()), (4, 2, 1, 1), y, rng)
-        assert rng.calls == draws  # x_T, then one draw per step except the last (none at all when deterministic)
+        assert rng.calls == draws  # x_T, then one draw per step except the last (none at all when deterministic;
+        # flow_sde with last_step=None: the last step too)
 
 
 def test_clip_denoised_keeps_samples_in_range(bed):
@@ -367,7 +371,8 @@ def test_unipc_and_deis_first_steps_by_hand():
 
 @pytest.mark.parametrize("make", [
     lambda: EulerAncestralSampler(BASE, "edm8"), lambda: DPMSolverPP2SAncestralSampler(BASE, "edm8"),
-    lambda: DPMSolverPP2MSDESampler(BASE, "edm8"), lambda: DPMSolverPP3MSDESampler(BASE, "edm8")])
+    lambda: DPMSolverPP2MSDESampler(BASE, "edm8"), lambda: DPMSolverPP3MSDESampler(BASE, "edm8"),
+    lambda: FlowSDESampler(BASE, "flow8")])
 def test_stochastic_samplers_draw_from_per_image_streams(bed, make):
     """Image i depends only on (seed, i): bitwise the same in a batch of 12, of 5 and alone."""
     from guidance.sampling import PerImageRNG

@@ -1,6 +1,7 @@
 """SiT on diffusers' DiTTransformer2DModel against SiT's own code (tests/data/sit_tiny_reference.pt, written by
 make_sit_reference.py with willisma/SiT's models.py and transport/ on a tiny random-weight SiT): the network, the
-adapter's ε and x̂0 against SiT's Linear path, SiT's ODE Euler sampler with CFG, the import into a snapshot."""
+adapter's ε and x̂0 against SiT's Linear path, SiT's ODE Euler sampler and its SDE sampler (flow_sde) with CFG, the
+import into a snapshot."""
 
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from guidance.guiders.none import NoGuidance  # noqa: E402
 from guidance.nn.dit import DiTNetwork  # noqa: E402
 from guidance.sampling.denoiser import GuidedDenoiser  # noqa: E402
 from guidance.sampling.flow import FlowEulerSampler  # noqa: E402
+from guidance.sampling.flow_sde import FlowSDESampler  # noqa: E402
 
 REF = torch.load(Path(__file__).parent / "data" / "sit_tiny_reference.pt", weights_only=True)
 NULL = REF["arch"]["num_classes"]
@@ -44,14 +46,17 @@ def sit_step(t: float) -> Step:
 
 
 class Draws:
-    def __init__(self, z):
-        self.z = z
+    """The per-image streams' draws in order: the start z, then the given noise draws (SiT's th.randn, one per step)."""
+
+    def __init__(self, z, noise=()):
+        self.draws = [z, *noise]
 
     def __len__(self):
-        return len(self.z)
+        return len(self.draws[0])
 
     def randn(self, shape):
-        return self.z
+        assert self.draws, "more draws than recorded"
+        return self.draws.pop(0)
 
 
 @torch.no_grad()
@@ -122,6 +127,28 @@ def test_released_sit_xl_2_converts_at_full_size():
         net = build({**model_config("SiT-XL/2", 256), "learn_sigma": True})
         state = {k: torch.empty(s) for k, s in shapes.items()}
     assert set(convert_state_dict(state, net)) == set(net.state_dict())
+
+
+@torch.no_grad()
+def test_flow_sde_equals_sits_sde_sampler():
+    """SiT's sample_sde at its sample.py defaults (Euler–Maruyama, diffusion_form sigma, last_step Mean of 0.04),
+    num_steps 11, CFG scale 1.5, with SiT's own noise draws = flow_sde on flow11 with t_min 0.04 (its defaults but
+    the step count): every draw used, in order."""
+    sde = REF["sde"]
+    assert (sde["diffusion_form"], sde["last_step"]) == ("sigma", "Mean")
+    sampler = FlowSDESampler(ContinuousLevels(0.0, float("inf")), respacing=f"flow{sde['steps']}",
+                             t_min=sde["last_step_size"])
+    rng = Draws(sde["z"], sde["noise"])
+    den = GuidedDenoiser(ClassifierFreeGuidance(sde["scale"] - 1), {"unet": model()})
+    x = sampler.sample(den, sde["z"].shape, sde["y"], rng)
+    assert not rng.draws  # one draw per noisy step: steps − 1 of them
+    scale = float(sde["all_channels"].abs().max())
+    torch.testing.assert_close(x, sde["all_channels"], atol=1e-5 * scale, rtol=0)
+    torch.testing.assert_close(torch.tensor(sampler.chain_sigmas[1:] / (1 + sampler.chain_sigmas[1:])),
+                               1 - torch.linspace(0, 1 - sde["last_step_size"], sde["steps"], dtype=torch.float64)[1:])
+    plain = FlowSDESampler(ContinuousLevels(0.0, float("inf")), respacing=f"flow{sde['steps']}", t_min=0.05)
+    other = plain.sample(den, sde["z"].shape, sde["y"], Draws(sde["z"], sde["noise"]))
+    assert (other - sde["all_channels"]).abs().max() > 1e-3 * scale  # another grid differs: the check can fail
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Samplers never call a network: they ask a guided denoiser (guidance.sampling.denoiser) for the prediction at a
 Step and get ε / x̂0 (and a classifier gradient term to apply in their own form), whatever the model's
 parameterization (guidance.engine.model). Every sampler starts from x ~ N(0, I) at its first (noisiest) level,
-ADM's prior, unless it says otherwise (EDM2's Heun: x̃ = σ_max n; flow Euler: x_f = n at τ = 1).
+ADM's prior, unless it says otherwise (EDM2's Heun: x̃ = σ_max n; flow Euler / SDE: x_f = n at τ = 1).
 
 Noise levels: a sampler is built on the model's levels, a GaussianDiffusion (trained timesteps: the chain visits a
 subset, ADM's respacing or an edm/flow grid snapped to them) or ContinuousLevels (the chain's σ exactly, from an
@@ -71,7 +71,8 @@ class Sampler:
             sigmas = self.chain_sigmas[::-1]  # increasing, as a schedule runs
             if not np.isfinite(sigmas).all():
                 raise GuidanceError(f"{self.name} steps a VP chain, which has no step from σ = ∞ (a flow grid's "
-                                    "τ = 1): use sampler=flow_euler, or an edm grid (sampler.respacing=edmN)")
+                                    "τ = 1): use sampler=flow_euler or flow_sde, or an edm grid "
+                                    "(sampler.respacing=edmN)")
             ab = 1.0 / (1.0 + sigmas.astype(np.float64) ** 2)
             self._diffusion = GaussianDiffusion(1.0 - ab / np.append(1.0, ab[:-1]),
                                                 model_var_type=self.levels.model_var_type)
@@ -81,7 +82,7 @@ class Sampler:
         """Refuse a chain starting at σ = ∞ for an update written on x̃ = x_0 + σ n (infinite there)."""
         if self.continuous and not np.isfinite(self.chain_sigmas[0]):
             raise GuidanceError(f"{self.name} steps x̃ = x_0 + σ n, infinite at σ = ∞ (a flow grid's τ = 1): use "
-                                "sampler=flow_euler, or an edm grid")
+                                "sampler=flow_euler or flow_sde, or an edm grid")
 
     @property
     def capabilities(self) -> frozenset:
