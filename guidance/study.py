@@ -253,7 +253,8 @@ def say_precision(cfg: DictConfig, device) -> str | None:
     here = Runtime.resolve(cfg.study.precision, "auto", False, device).precision
     if published is None or here == published:
         return None
-    note = (f"[precision] this run samples in {here} (precision={cfg.study.precision} on this machine) but the "
+    how = "on this machine" if cfg.study.precision == "auto" else "as set"
+    note = (f"[precision] this run samples in {here} (study.precision={cfg.study.precision} {how}) but the "
             f"published tables of study '{cfg.study.name}' were made in {published}: its FIDs are not comparable "
             f"digit for digit (README, 'The main job'); study.precision={published} reproduces them (slowly where the "
             "CPU has no bf16 units)")

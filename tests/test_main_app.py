@@ -239,3 +239,5 @@ def test_a_run_in_another_precision_than_the_published_tables_is_flagged(capsys)
     note = say_precision(cfg, "cpu")
     assert note is not None and "samples in fp32" in note and "made in bf16" in note and note in capsys.readouterr().out
     assert say_precision(same, "cpu") is None and say_precision(debug, "cpu") is None  # debug publishes nothing
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):  # the budget study publishes fp32 tables
+        assert say_precision(compose("main", overrides=["experiment=budget_compare_cpu"]), "cpu") is None
