@@ -110,11 +110,17 @@ def test_metric_column_must_be_known():
         MetricSpec("bad", "frechet", ("embedding",), "bad", "bad_std", "Bad", True, 2, column="sometimes")
 
 
-def test_main_job_tables_rebuild_from_its_stored_points():
-    """experiments/fmnist_cpu_study/points holds what the report reads of the main job's 22 points: the committed
-    tables must come out of it unchanged (a change to the report that moves a digit fails here)."""
-    sweep = collect_sweep(MAIN_JOB / "points", describe_point, progress=False)
+STORED = [MAIN_JOB] + [REPO / "experiments" / name for name in ("fmnist_sampler_strategy", "fmnist_budget")
+                        if (REPO / "experiments" / name / "points").is_dir()]
+
+
+@pytest.mark.parametrize("study", STORED, ids=lambda p: p.name)
+def test_committed_tables_rebuild_from_their_stored_points(study):
+    """experiments/<study>/points holds what the report reads of each point (the main job's 22, the sampler x
+    strategy and budget studies'): the committed tables must come out of it unchanged (a change to the report that
+    moves a digit fails here). The stored folders' names and paths are the run's own."""
+    sweep = collect_sweep(study / "points", describe_point, progress=False)
     md, csv_text, tex = render(sweep)
-    assert md == (MAIN_JOB / "tradeoff.md").read_text()
-    assert tex == (MAIN_JOB / "tradeoff.tex").read_text()
-    assert csv_text == (MAIN_JOB / "tradeoff.csv").read_text()
+    assert md == (study / "tradeoff.md").read_text()
+    assert tex == (study / "tradeoff.tex").read_text()
+    assert csv_text == (study / "tradeoff.csv").read_text()
