@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import urllib.error
-from unittest import mock
 
 import pytest
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from guidance.errors import GuidanceError
@@ -15,18 +13,6 @@ from guidance.metrics.extractors import SFID_DIM, create_extractor, sha256_file
 from guidance.nn.evaluator import EvaluatorNet
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def random_inception_weights(tmp_path_factory):
-    """A state dict for torch-fidelity's Inception built from random init: its constructor always loads
-    weights, so loading is stubbed out once to get the architecture's own (random) parameters."""
-    with mock.patch.object(tf_inception, "load_state_dict_from_url", return_value=None), \
-            mock.patch.object(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        net = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
 
 
 def _images(n=2, c=1, size=28, seed=0):

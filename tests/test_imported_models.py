@@ -149,20 +149,6 @@ def test_the_schema_refuses_malformed_adapter_fields(tmp_path):
 # decodes, is evaluated with the preset's metrics (torch-fidelity's Inception with random weights, a local file as
 # `metrics.inception_weights=` takes it) against a reference .npz, and guidance-tradeoff's report reads the sweep.
 
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory):
-    from unittest import mock
-
-    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-
-    with mock.patch.object(tf_inception, "load_state_dict_from_url", return_value=None), \
-            mock.patch.object(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        net = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def reference_npz(path: Path, size: int) -> Path:
     rng = np.random.default_rng(size)
     np.savez(path, rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8), rng.integers(0, K, 8))
@@ -178,7 +164,7 @@ def sweep_points(cfg) -> list[list[str]]:
     return points
 
 
-def run_preset(snaps, inception_file, preset, size, tiny, rows=([],)):
+def run_preset(snaps, random_inception_weights, preset, size, tiny, rows=([],)):
     """Every point of `preset` (its sweep grid x `rows`) with the tiny files, evaluated; returns the report's rows."""
     from guidance.apps.sample import evaluate_point
     from guidance.guiders import describe_point
@@ -187,7 +173,7 @@ def run_preset(snaps, inception_file, preset, size, tiny, rows=([],)):
     sweep = snaps["dir"] / "sweeps" / preset
     base = [f"experiment={preset}", "logger=none", "num_samples=8", "batch_size=4", f"vae={snaps['vae']}",
             f"reference_npz={reference_npz(snaps['dir'] / f'ref{size}.npz', size)}", "metrics.device=cpu",
-            f"metrics.inception_weights={inception_file}", f"metrics.cache_dir={snaps['dir'] / 'cache'}",
+            f"metrics.inception_weights={random_inception_weights}", f"metrics.cache_dir={snaps['dir'] / 'cache'}",
             "metrics.compute=[fid,is,kid,precision,recall]",  # sFID's and Vendi's 2k eigensolves: minutes on a CPU
             "metrics.kid_subset_size=4", "metrics.kid_subsets=2", "metrics.isc_splits=2", "metrics.progress=false",
             *tiny]
@@ -206,24 +192,24 @@ def run_preset(snaps, inception_file, preset, size, tiny, rows=([],)):
     return n, lines
 
 
-def test_edm2_guidance_preset_end_to_end(snaps, inception_file):
+def test_edm2_guidance_preset_end_to_end(snaps, random_inception_weights):
     """Two of EDM2's table rows on the tiny EDM2 net: none, and CFG in an interval as EDM2 runs CFG (its
     unconditional companion in the weak slot; the autoguidance and plain CFG rows differ only in files and g),
     EDM2's Heun (edm3 instead of edm32), the preset's FID extractor, reference features cached between points."""
     rows = (["guidance=none", "weak_ckpt=null"],
             [f"weak_ckpt={snaps['edm2_uncond']}", "guidance.scale=1.1", "+guidance.schedule=interval",
              "+guidance.sigma_lo=0.28", "+guidance.sigma_hi=5.42"])
-    n, lines = run_preset(snaps, inception_file, "edm2_guidance", 32,
+    n, lines = run_preset(snaps, random_inception_weights, "edm2_guidance", 32,
                           [f"unet_ckpt={snaps['edm2']}", "sampler.respacing=edm3"], rows)
     assert n == 2 and len({r.split(",")[6] for r in lines}) == 2  # two different FIDs
 
 
-def test_dit_cfg_preset_end_to_end(snaps, inception_file):
+def test_dit_cfg_preset_end_to_end(snaps, random_inception_weights):
     """DiT's sweep (w = 0 and DiT's 1.5 = w 0.5) on the tiny DiT: DDPM with its learned variance, 3 steps."""
-    n, lines = run_preset(snaps, inception_file, "dit_cfg", 16, [f"unet_ckpt={snaps['DiT']}", "sampler.respacing=3"])
+    n, lines = run_preset(snaps, random_inception_weights, "dit_cfg", 16, [f"unet_ckpt={snaps['DiT']}", "sampler.respacing=3"])
     assert n == 2
 
 
-def test_sit_cfg_preset_end_to_end(snaps, inception_file):
-    n, lines = run_preset(snaps, inception_file, "sit_cfg", 16, [f"unet_ckpt={snaps['SiT']}", "sampler.respacing=flow3"])
+def test_sit_cfg_preset_end_to_end(snaps, random_inception_weights):
+    n, lines = run_preset(snaps, random_inception_weights, "sit_cfg", 16, [f"unet_ckpt={snaps['SiT']}", "sampler.respacing=flow3"])
     assert n == 2
