@@ -5,6 +5,7 @@ the main job's committed tables from its stored points to the last byte."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import subprocess
@@ -124,3 +125,16 @@ def test_committed_tables_rebuild_from_their_stored_points(study):
     assert md == (study / "tradeoff.md").read_text()
     assert tex == (study / "tradeoff.tex").read_text()
     assert csv_text == (study / "tradeoff.csv").read_text()
+
+
+def test_sampler_strategy_matrix_rebuilds_from_its_csv():
+    """The sampler x strategy study's matrix.md is matrix.py's table of the committed tradeoff.csv (which the test
+    above rebuilds from the stored points): a hand edit of a cell, or a change to the best-call rule, fails here."""
+    folder = REPO / "experiments" / "fmnist_sampler_strategy"
+    spec = importlib.util.spec_from_file_location("sampler_strategy_matrix", folder / "matrix.py")
+    matrix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(matrix)
+    assert matrix.table(matrix.read_points(folder / "tradeoff.csv")) + "\n" == (folder / "matrix.md").read_text()
+    # the best call: bold only when the interval lies wholly below every other sampler's
+    assert matrix.best_sampler({"a": (1.0, 0.1, 10), "b": (1.5, 0.1, 10), "c": (1.2, 0.3, 10)}) is None
+    assert matrix.best_sampler({"a": (1.0, 0.1, 10), "b": (1.5, 0.1, 10), "c": None}) == "a"
